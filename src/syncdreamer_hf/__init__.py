@@ -1,0 +1,16 @@
+"""SyncDreamer: audio + reference image + text -> avatar video, as diffusers components.
+
+Every model module is imported here: diffusers resolves a pipeline component's class from the module path in
+`model_index.json` and only finds modules that are already imported.
+"""
+
+from .models import (
+    REGION_GROUPS,
+    AudioDynamicsEncoder,
+    AudioDynamicsOutput,
+    SyncDreamerTransformer3DModel,
+    SyncDreamerTransformerOutput,
+    SyncDreamerVisualAdapter,
+)
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from .audio_dynamics import AudioDynamicsEncoder, AudioDynamicsOutput
+from .transformer_syncdreamer import SyncDreamerTransformer3DModel, SyncDreamerTransformerOutput
+from .visual_adapter import REGION_GROUPS, SyncDreamerVisualAdapter
