@@ -4,6 +4,7 @@ Every model module is imported here: diffusers resolves a pipeline component's c
 `model_index.json` and only finds modules that are already imported.
 """
 
+from .media import load_audio, load_image, load_video, save_video
 from .models import (
     REGION_GROUPS,
     AudioDynamicsEncoder,
@@ -12,5 +13,6 @@ from .models import (
     SyncDreamerTransformerOutput,
     SyncDreamerVisualAdapter,
 )
+from .pipeline_syncdreamer import SyncDreamerPipeline, SyncDreamerPipelineOutput
 
 __version__ = "0.1.0"

@@ -264,7 +264,7 @@ class SyncDreamerTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, C
         "blocks.0": {
             "hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, split_output=False),
         },
-        "audio_embedder": ContextParallelInput(split_dim=1, expected_dims=4, split_output=True),
+        "audio_embedder": {0: ContextParallelInput(split_dim=1, expected_dims=4, split_output=True)},
         "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
         "": {
             "timestep": ContextParallelInput(split_dim=1, expected_dims=2, split_output=False),
@@ -411,7 +411,7 @@ class SyncDreamerTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, C
         wan: "WanTransformer3DModel | str | os.PathLike",
         *,
         subfolder: str | None = None,
-        torch_dtype: torch.dtype | None = None,
+        dtype: torch.dtype | None = None,
         **overrides,
     ) -> "SyncDreamerTransformer3DModel":
         """Build a SyncDreamer transformer from Wan2.1 weights.
@@ -419,7 +419,7 @@ class SyncDreamerTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, C
         Args:
             wan: a `WanTransformer3DModel` (T2V, 16 input channels, or I2V, 36), or a local path / Hub id of one
                 (with `subfolder="transformer"` for a full Wan pipeline repository).
-            subfolder, torch_dtype: passed to `WanTransformer3DModel.from_pretrained` when `wan` is a path.
+            subfolder, dtype: passed to `WanTransformer3DModel.from_pretrained` when `wan` is a path.
             **overrides: config values for the new model, e.g. `identity_dim`, `audio_dim`, `in_channels`.
 
         Every Wan weight is copied; the patch embedding's missing input channels are zero-padded; the new
@@ -428,7 +428,7 @@ class SyncDreamerTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, C
         """
         copy_weights = isinstance(wan, WanTransformer3DModel)
         if not copy_weights:
-            wan = WanTransformer3DModel.from_pretrained(wan, subfolder=subfolder, torch_dtype=torch_dtype)
+            wan = WanTransformer3DModel.from_pretrained(wan, subfolder=subfolder, dtype=dtype)
         own_keys = set(inspect.signature(cls.__init__).parameters) - {"self", "in_channels"}
         config = {key: value for key, value in wan.config.items() if key in own_keys}
         config.update(overrides)
