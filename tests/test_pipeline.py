@@ -202,7 +202,7 @@ def test_lora_saves_and_loads_through_load_lora_weights(tmp_path):
 def test_cpu_offload_sequence_covers_every_model(pipe):
     offloaded = pipe.model_cpu_offload_seq.split("->")
     models = {name for name, component in pipe.components.items() if isinstance(component, torch.nn.Module)}
-    assert sorted(offloaded) == sorted(models)
+    assert models <= set(offloaded) <= set(pipe.components)  # every model; optional ones may be absent
     assert offloaded.index("audio_encoder") < offloaded.index("transformer") < offloaded.index("vae")
 
 

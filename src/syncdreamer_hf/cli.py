@@ -18,7 +18,7 @@ class UserError(Exception):
     """An error in what the user asked for: reported as one line, exit status 2."""
 
 
-def load_pipeline(model: str, device: str, dtype: str):
+def load_pipeline(model: str, device: str, dtype: str, prompt_enhancer: str | None = None):
     import diffusers
     import torch
     import transformers
@@ -35,8 +35,15 @@ def load_pipeline(model: str, device: str, dtype: str):
         device = torch.device(device)
     except RuntimeError:
         raise UserError(f"unknown --device {device!r}; use cpu, cuda, cuda:1, mps, ...") from None
+    components = {}
     try:
-        pipe = SyncDreamerPipeline.from_pretrained(str(Path(model).expanduser()), dtype=getattr(torch, dtype))
+        if prompt_enhancer is not None:
+            from .prompt_enhancer import SyncDreamerPromptEnhancer
+
+            components["prompt_enhancer"] = SyncDreamerPromptEnhancer.from_pretrained(prompt_enhancer)
+        pipe = SyncDreamerPipeline.from_pretrained(
+            str(Path(model).expanduser()), dtype=getattr(torch, dtype), **components
+        )
     except (OSError, ValueError) as error:
         raise UserError(f"could not load model {model!r}: {str(error).splitlines()[0]}") from None
     return pipe.to(device)
@@ -50,7 +57,7 @@ def generate(args: argparse.Namespace) -> None:
 
     if not args.output.lower().endswith(".mp4"):
         raise UserError(f"--output must be an .mp4 path; got {args.output!r}.")
-    pipe = load_pipeline(args.model, args.device, args.dtype)
+    pipe = load_pipeline(args.model, args.device, args.dtype, args.prompt_enhancer)
     generator = torch.Generator("cpu").manual_seed(args.seed)
     options = {
         name: getattr(args, name)
@@ -64,8 +71,11 @@ def generate(args: argparse.Namespace) -> None:
         negative_prompt=args.negative_prompt,
         fps=args.fps,
         generator=generator,
+        enhance_prompt=args.enhance_prompt,
         **options,
     )
+    if args.enhance_prompt:
+        print(f"enhanced prompt: {output.prompt[0]}")
     save_video(output.frames[0], args.output, fps=args.fps, audio=output.audio)
     print(f"wrote {args.output}: {len(output.frames[0])} frames at {args.fps:g} fps with audio")
 
@@ -89,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--num-frames", type=int, default=None, help="4k+1 frames (default: the whole audio)")
     gen.add_argument("--height", type=int, default=None, help="multiple of 16 (default: the pipeline's)")
     gen.add_argument("--width", type=int, default=None, help="multiple of 16 (default: the pipeline's)")
+    gen.add_argument("--enhance-prompt", action="store_true",
+                     help="rewrite the prompt with the pipeline's prompt enhancer (Qwen2-VL) into a motion instruction")
+    gen.add_argument("--prompt-enhancer", default=None,
+                     help="prompt enhancer folder or Hub id to use instead of the pipeline's own")
     gen.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps, ...")
     gen.add_argument("--dtype", default="float32", choices=DTYPES)
     gen.set_defaults(run=generate)

@@ -43,6 +43,7 @@ from .media import AUDIO_SAMPLE_RATE, load_audio, load_image
 from .models.audio_dynamics import AudioDynamicsEncoder
 from .models.transformer_syncdreamer import SyncDreamerTransformer3DModel
 from .models.visual_adapter import SyncDreamerVisualAdapter
+from .prompt_enhancer import SyncDreamerPromptEnhancer
 
 logger = logging.get_logger(__name__)
 
@@ -70,10 +71,13 @@ class SyncDreamerPipelineOutput(BaseOutput):
             images for `"pil"`, the stitched latents `(B, 16, T, H/8, W/8)` for `"latent"`.
         audio (`np.ndarray`): `(N,)` float32 16 kHz mono, the driving audio the frames cover (to mux with
             `media.save_video(..., audio=output.audio)`).
+        prompt (`list[str]`, *optional*): the text prompts the video was generated with: the enhanced ones when
+            `enhance_prompt=True`, else the prompts as given (`None` when `prompt_embeds` were passed).
     """
 
     frames: np.ndarray | torch.Tensor | list[list[PIL.Image.Image]]
     audio: np.ndarray
+    prompt: list[str] | None = None
 
 
 def prompt_clean(text: str) -> str:
@@ -97,6 +101,8 @@ class SyncDreamerPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         audio_encoder ([`Wav2Vec2Model`]): all hidden states `(B, L, N_a, D)` at 50 Hz.
         audio_dynamics_encoder ([`AudioDynamicsEncoder`]): `(B, L, N_a, D) -> (B, T, N_tok, audio_dim)`.
         transformer ([`SyncDreamerTransformer3DModel`]): the denoiser.
+        prompt_enhancer ([`SyncDreamerPromptEnhancer`], *optional*): Qwen2-VL that rewrites the prompt into a
+            motion instruction grounded in the reference image (`enhance_prompt=True`).
         num_frames_per_window (`int`, defaults to 81): default frames per window (4k + 1).
         num_motion_frames (`int`, defaults to 8): default frames carried between windows, as latents (a
             multiple of 4: each carried latent frame holds 4 video frames).
@@ -105,8 +111,10 @@ class SyncDreamerPipeline(DiffusionPipeline, WanLoraLoaderMixin):
     """
 
     model_cpu_offload_seq = (
-        "text_encoder->image_encoder->visual_adapter->audio_encoder->audio_dynamics_encoder->transformer->vae"
+        "prompt_enhancer->text_encoder->image_encoder->visual_adapter->audio_encoder->audio_dynamics_encoder->"
+        "transformer->vae"
     )
+    _optional_components = ["prompt_enhancer"]
     _callback_tensor_inputs = ["latents"]
 
     def __init__(
@@ -122,6 +130,7 @@ class SyncDreamerPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         audio_encoder: Wav2Vec2Model,
         audio_dynamics_encoder: AudioDynamicsEncoder,
         transformer: SyncDreamerTransformer3DModel,
+        prompt_enhancer: SyncDreamerPromptEnhancer | None = None,
         num_frames_per_window: int = 81,
         num_motion_frames: int = 8,
         default_height: int = 480,
@@ -140,6 +149,7 @@ class SyncDreamerPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             audio_encoder=audio_encoder,
             audio_dynamics_encoder=audio_dynamics_encoder,
             transformer=transformer,
+            prompt_enhancer=prompt_enhancer,
         )
         self.register_to_config(
             num_frames_per_window=num_frames_per_window,
@@ -437,6 +447,7 @@ class SyncDreamerPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
         max_sequence_length: int = 512,
+        enhance_prompt: bool = False,
     ):
         r"""
         Generates a talking-avatar video driven by `audio`.
@@ -470,6 +481,8 @@ class SyncDreamerPipeline(DiffusionPipeline, WanLoraLoaderMixin):
                 `callback_on_step_end(pipe, step, timestep, callback_kwargs)`; `step` counts across windows.
             callback_on_step_end_tensor_inputs: the tensors passed in `callback_kwargs`.
             max_sequence_length: umT5 tokens per prompt.
+            enhance_prompt: rewrite each prompt with the `prompt_enhancer` (Qwen2-VL, greedy) into a motion
+                instruction grounded in its reference image; the text used is returned in `output.prompt`.
 
         Examples:
         """
@@ -500,6 +513,17 @@ class SyncDreamerPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             negative_prompt_embeds,
             callback_on_step_end_tensor_inputs,
         )
+        if enhance_prompt:
+            if self.prompt_enhancer is None:
+                raise ValueError(
+                    "`enhance_prompt=True` needs a `prompt_enhancer` component: load one with "
+                    "`SyncDreamerPromptEnhancer.from_pretrained(...)` and pass it to `from_pretrained(..., "
+                    "prompt_enhancer=...)`."
+                )
+            if prompt is None:
+                raise ValueError("`enhance_prompt=True` rewrites `prompt`; it cannot rewrite `prompt_embeds`.")
+            prompts = [prompt] if isinstance(prompt, str) else prompt
+            prompt = self.prompt_enhancer.enhance(images * len(prompts) if len(images) == 1 else images, prompts)
         waveform = load_audio(audio, sample_rate)
         if num_frames is None:
             num_frames = round(len(waveform) / AUDIO_SAMPLE_RATE * fps)
@@ -625,4 +649,5 @@ class SyncDreamerPipeline(DiffusionPipeline, WanLoraLoaderMixin):
 
         if not return_dict:
             return video, waveform
-        return SyncDreamerPipelineOutput(frames=video, audio=waveform)
+        prompt = [prompt] if isinstance(prompt, str) else prompt
+        return SyncDreamerPipelineOutput(frames=video, audio=waveform, prompt=prompt)
