@@ -1,5 +1,6 @@
 """`syncdreamer generate`: the main job on the bundled pipeline and examples, and one-line errors for bad input."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -61,3 +62,21 @@ def test_missing_required_argument_is_argparse_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["generate", "--image", IMAGE])
     assert exit_info.value.code == 2 and "--audio" in capsys.readouterr().err
+
+
+def test_evaluate_synthetic_scores_the_pipeline_and_writes_json(tmp_path, capsys):
+    output = tmp_path / "results.json"
+    code = main(["evaluate", "synthetic", "--clips", "2", "--seconds", "0.4", "--size", "32",
+                 "--num-inference-steps", "1", "--output", str(output)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    results = json.loads(output.read_text())
+    assert results["settings"]["n_clips"] == 2 and len(results["clips"]) == 2
+    assert all(clip["num_frames"] == 10 for clip in results["clips"])  # round(0.4 s x 25 fps) frames generated
+    assert -1 <= results["lip_sync_r"] <= 1 and results["seconds_per_generated_second"] > 0
+    assert "| lip-sync r (higher is better) |" in printed and f"{results['lip_sync_r']:.3f}" in printed
+
+
+def test_evaluate_unknown_model_is_one_line(capsys):
+    assert main(["evaluate", "synthetic", "--model", "no/such/folder", "--clips", "1"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1

@@ -224,8 +224,11 @@ def test_attention_backends_native_and_math_agree(model):
     model.set_attention_backend("native")
     native = model(**inputs).sample
     model.set_attention_backend("_native_math")
-    math = model(**inputs).sample
-    assert all(block.attn_identity.processor._attention_backend == "_native_math" for block in model.blocks)
+    try:
+        math = model(**inputs).sample
+        assert all(block.attn_identity.processor._attention_backend == "_native_math" for block in model.blocks)
+    finally:
+        model.set_attention_backend("native")  # diffusers keeps the active backend globally: restore the default
     torch.testing.assert_close(native, math, atol=1e-5, rtol=1e-4)
 
 

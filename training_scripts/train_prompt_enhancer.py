@@ -38,7 +38,6 @@ from datasets import Dataset
 from peft import LoraConfig
 from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 
-from syncdreamer_hf.media import load_image
 from syncdreamer_hf.prompt_enhancer import (
     ActionSpecificityReward,
     FluencyReward,

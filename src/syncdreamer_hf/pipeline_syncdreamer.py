@@ -17,6 +17,7 @@ length; what does grow is only the stitched latents, the audio tokens and the ou
 """
 
 import math
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -30,6 +31,7 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils import BaseOutput, logging, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
+from safetensors.torch import load_file
 from transformers import (
     CLIPVisionModel,
     PreTrainedTokenizerBase,
@@ -48,6 +50,8 @@ from .prompt_enhancer import SyncDreamerPromptEnhancer
 logger = logging.get_logger(__name__)
 
 OUTPUT_TYPES = ("np", "pt", "pil", "latent")
+# Written by a LoRA run of training_scripts/train_syncdreamer.py: the identity/audio branches, trained in full.
+NEW_BRANCHES_FILE = "transformer_new_branches.safetensors"
 
 EXAMPLE_DOC_STRING = """
     Examples:
@@ -167,6 +171,22 @@ class SyncDreamerPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         through its own cross-attention), so a LoRA state dict is loaded as it is."""
         return state_dict
 
+    def load_trained_modules(self, path) -> "SyncDreamerPipeline":
+        """Loads everything a LoRA run of `training_scripts/train_syncdreamer.py` trained: the LoRA layers (with
+        `load_lora_weights`) and, when the run saved them, the fully trained visual adapter, audio dynamics encoder
+        and transformer identity/audio branches."""
+        path = Path(path)
+        self.load_lora_weights(path)
+        for name in ("visual_adapter", "audio_dynamics_encoder"):
+            if (path / name).is_dir():
+                module = getattr(self, name)
+                module.load_state_dict(type(module).from_pretrained(path / name).state_dict())
+        if (path / NEW_BRANCHES_FILE).is_file():
+            _, unexpected = self.transformer.load_state_dict(load_file(path / NEW_BRANCHES_FILE), strict=False)
+            if unexpected:
+                raise ValueError(f"{NEW_BRANCHES_FILE} has weights the transformer lacks: {unexpected[:3]}")
+        return self
+
     def _get_t5_prompt_embeds(self, prompt: list[str], max_sequence_length: int, device, dtype) -> torch.Tensor:
         """`prompt` (B strings) -> `(B, max_sequence_length, text_dim)`, zero past each prompt's tokens (as Wan)."""
         text_inputs = self.tokenizer(
@@ -210,25 +230,29 @@ class SyncDreamerPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             )
         return prompt_embeds, negative_prompt_embeds
 
-    def encode_image(self, images: list[PIL.Image.Image], device: torch.device) -> torch.Tensor:
-        """Reference images -> identity tokens `(B, K, identity_dim)` (image encoder's last hidden state through
-        the visual adapter)."""
+    def encode_image_hidden_states(self, images: list[PIL.Image.Image], device: torch.device) -> torch.Tensor:
+        """Reference images -> the image encoder's last hidden state `(B, N_img, D_img)` (frozen; cached by
+        `syncdreamer preprocess` for training)."""
         pixel_values = self.image_processor(images=images, return_tensors="pt").pixel_values
         pixel_values = pixel_values.to(device=device, dtype=self.image_encoder.dtype)
-        image_embeds = self.image_encoder(pixel_values=pixel_values).last_hidden_state  # (B, N_img, D_img)
+        return self.image_encoder(pixel_values=pixel_values).last_hidden_state
+
+    def encode_image(self, images: list[PIL.Image.Image], device: torch.device) -> torch.Tensor:
+        """Reference images -> identity tokens `(B, K, identity_dim)` through the visual adapter."""
+        image_embeds = self.encode_image_hidden_states(images, device)
         return self.visual_adapter(image_embeds.to(self.visual_adapter.dtype))
 
-    def encode_audio(self, waveform: np.ndarray, fps: float, first_frame: int, num_frames: int, device) -> tuple:
-        """The audio tokens of one window.
+    def encode_audio_hidden_states(
+        self, waveform: np.ndarray, fps: float, first_frame: int, num_frames: int, device
+    ) -> torch.Tensor:
+        """Every Wav2Vec2 hidden state of one window's audio, `(1, L, N_a, D)` at 50 Hz (frozen; cached by
+        `syncdreamer preprocess` for training).
 
         Args:
             waveform: `(N,)` 16 kHz mono float32, the whole driving audio.
             fps: video frame rate.
             first_frame: the window's first video frame; the window spans `num_frames` frames (4k + 1) from it.
                 Samples past the end of `waveform` are silence.
-
-        Returns:
-            `audio_embeds (1, T, N_tok, audio_dim)` with T = (num_frames - 1) // 4 + 1.
         """
         start = round(first_frame / fps * AUDIO_SAMPLE_RATE)
         length = max(round(num_frames / fps * AUDIO_SAMPLE_RATE), self._min_audio_samples())
@@ -240,25 +264,39 @@ class SyncDreamerPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             window, sampling_rate=AUDIO_SAMPLE_RATE, return_tensors="pt"
         ).input_values.to(device=device, dtype=self.audio_encoder.dtype)
         hidden_states = self.audio_encoder(input_values, output_hidden_states=True).hidden_states
-        hidden_states = torch.stack(hidden_states, dim=1)  # (1, L, N_a, D)
+        return torch.stack(hidden_states, dim=1)
+
+    def encode_audio(self, waveform: np.ndarray, fps: float, first_frame: int, num_frames: int, device) -> torch.Tensor:
+        """The audio tokens of one window, `(1, T, N_tok, audio_dim)` with T = (num_frames - 1) // 4 + 1
+        (arguments as `encode_audio_hidden_states`)."""
+        hidden_states = self.encode_audio_hidden_states(waveform, fps, first_frame, num_frames, device)
         return self.audio_dynamics_encoder(hidden_states.to(self.audio_dynamics_encoder.dtype), num_frames).audio_embeds
 
     def _min_audio_samples(self) -> int:
         """The receptive field of the Wav2Vec2 feature encoder (400 samples for wav2vec2-base): shorter input
         gives no feature at all."""
         receptive_field = 1
-        for kernel, stride in zip(reversed(self.audio_encoder.config.conv_kernel), reversed(self.audio_encoder.config.conv_stride)):
+        config = self.audio_encoder.config
+        for kernel, stride in zip(reversed(config.conv_kernel), reversed(config.conv_stride)):
             receptive_field = (receptive_field - 1) * stride + kernel
         return receptive_field
 
-    def encode_reference(self, images: list[PIL.Image.Image], height: int, width: int, device) -> torch.Tensor:
-        """Reference images -> normalised VAE latents `(B, 16, 1, H/8, W/8)`, the known first latent frame."""
-        pixels = self.video_processor.preprocess(images, height=height, width=width, resize_mode="crop")
-        pixels = pixels.to(device=device, dtype=self.vae.dtype).unsqueeze(2)  # (B, 3, 1, H, W)
-        latents = self.vae.encode(pixels).latent_dist.mode()
+    def encode_video(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Frames `(B, 3, F, H, W)` in [-1, 1] -> normalised VAE latents `(B, 16, T, H/8, W/8)` (posterior mode)."""
+        latents = self.vae.encode(pixels.to(device=self.vae.device, dtype=self.vae.dtype)).latent_dist.mode()
         mean = torch.tensor(self.vae.config.latents_mean).view(1, -1, 1, 1, 1).to(latents)
         std = torch.tensor(self.vae.config.latents_std).view(1, -1, 1, 1, 1).to(latents)
         return (latents - mean) / std
+
+    def preprocess_frames(self, frames: list[PIL.Image.Image], height: int, width: int) -> torch.Tensor:
+        """Images (the reference, or a clip's frames) -> `(1, 3, F, H, W)` in [-1, 1]: resized to cover
+        `height` x `width` and centre-cropped. Training data goes through the same function."""
+        return self.video_processor.preprocess(frames, height=height, width=width, resize_mode="crop").transpose(0, 1)[None]
+
+    def encode_reference(self, images: list[PIL.Image.Image], height: int, width: int, device) -> torch.Tensor:
+        """Reference images -> normalised VAE latents `(B, 16, 1, H/8, W/8)`, the known first latent frame."""
+        pixels = torch.cat([self.preprocess_frames([image], height, width) for image in images])  # (B, 3, 1, H, W)
+        return self.encode_video(pixels.to(device))
 
     @staticmethod
     def prepare_condition(known_latents: torch.Tensor, num_latent_frames: int) -> torch.Tensor:

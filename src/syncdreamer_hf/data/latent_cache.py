@@ -1,0 +1,140 @@
+"""The latent cache written by `syncdreamer preprocess` and read by the training script.
+
+```
+CACHE_DIR/
+  cache_info.json              the settings (model, height, width, num_frames, fps, ...) and region names
+  empty_prompt.safetensors     prompt_embeds (L, text_dim) of the empty prompt, for text dropout
+  windows/<clip>_w000.safetensors   one training window (tensors below; caption etc. in the metadata)
+  done/<clip>.json             the clip is finished (or failed), with the source file's size and mtime
+```
+
+A window file holds, for F = 4k + 1 frames, T = (F - 1) / 4 + 1 latent frames, h = H / 8, w = W / 8:
+
+- `latents (16, T, h, w)`: normalised VAE latents (mode of the posterior), as the pipeline normalises them;
+  latent frame 0 is the reference frame (the Wan VAE is causal: it equals the pipeline's `encode_reference`);
+- `prompt_embeds (L_tokens, text_dim)`: umT5 embeddings of the caption's tokens (the zero padding is dropped and
+  restored by `collate_windows` to `max_sequence_length`);
+- `image_embeds (N_img, D_img)`: the image encoder's last hidden state of the reference frame;
+- `audio_hidden_states (L, N_a, D)`: every Wav2Vec2 hidden state of the window's audio, exactly what the pipeline
+  feeds the audio dynamics encoder;
+- `region_masks (R, T, h_tok, w_tok)` (only for clips with masks): 1 where a region touches a token of the
+  transformer's grid (h_tok = h / patch) in any frame of the latent frame.
+
+Every file is written to a temporary name and renamed, so a killed run never leaves a half-written file.
+"""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import Dataset
+
+CACHE_INFO_FILE = "cache_info.json"
+EMPTY_PROMPT_FILE = "empty_prompt.safetensors"
+WINDOWS_DIR = "windows"
+DONE_DIR = "done"
+CACHE_FORMAT_VERSION = 1
+
+
+def atomic_write_bytes(path: Path, write) -> None:
+    """Calls `write(temporary_path)` then renames the file to `path` (atomic on POSIX filesystems)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(descriptor)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
+    atomic_write_bytes(path, lambda temporary: save_file(tensors, temporary, metadata=metadata))
+
+
+def atomic_save_json(data: dict, path: Path) -> None:
+    atomic_write_bytes(path, lambda temporary: Path(temporary).write_text(json.dumps(data, indent=2), encoding="utf-8"))
+
+
+def read_cache_info(cache_dir) -> dict:
+    path = Path(cache_dir) / CACHE_INFO_FILE
+    if not path.is_file():
+        raise ValueError(
+            f"{str(cache_dir)!r} is not a latent cache (no {CACHE_INFO_FILE}); create one with "
+            "`syncdreamer preprocess DATASET_DIR --model PIPELINE --output CACHE_DIR`."
+        )
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+class CachedWindowDataset(Dataset):
+    """The windows of a latent cache, one training sample each.
+
+    `dataset[i]` is a dict of tensors (see the module docstring) plus `caption` (str) and `has_masks` (bool).
+    `dataset.info` is `cache_info.json`; `dataset.empty_prompt_embeds` is `(L_tokens, text_dim)`.
+    """
+
+    def __init__(self, cache_dir, max_samples: int | None = None):
+        self.cache_dir = Path(cache_dir)
+        self.info = read_cache_info(cache_dir)
+        self.files = sorted((self.cache_dir / WINDOWS_DIR).glob("*.safetensors"))
+        if max_samples is not None:
+            self.files = self.files[:max_samples]
+        if not self.files:
+            raise ValueError(f"the cache {str(cache_dir)!r} holds no windows; did preprocessing skip every clip?")
+        self.empty_prompt_embeds = load_file(self.cache_dir / EMPTY_PROMPT_FILE)["prompt_embeds"]
+        self.region_names = tuple(self.info["region_names"])
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict:
+        from safetensors import safe_open
+
+        with safe_open(self.files[index], framework="pt") as handle:
+            sample = {name: handle.get_tensor(name) for name in handle.keys()}
+            metadata = handle.metadata() or {}
+        sample["caption"] = metadata.get("caption", "")
+        sample["has_masks"] = "region_masks" in sample
+        return sample
+
+
+def pad_tokens(embeds: torch.Tensor, length: int) -> torch.Tensor:
+    """`(L_tokens, D)` -> `(length, D)` with zeros after the tokens (Wan's umT5 padding), truncating if longer."""
+    padded = embeds.new_zeros(length, embeds.shape[-1])
+    padded[: min(length, embeds.shape[0])] = embeds[:length]
+    return padded
+
+
+def collate_windows(samples: list[dict], max_sequence_length: int, num_regions: int) -> dict:
+    """Stacks windows into a batch.
+
+    Returns:
+        `latents (B, 16, T, h, w)`, `prompt_embeds (B, max_sequence_length, text_dim)`, `image_embeds
+        (B, N_img, D_img)`, `audio_hidden_states (B, L, N_a, D)`, `region_masks (B, R, T, h_tok, w_tok)` (zeros for
+        windows without masks), `has_masks (B,)` float, `captions` list of str.
+    """
+    latents = torch.stack([sample["latents"] for sample in samples]).float()
+    batch = {
+        "latents": latents,
+        "prompt_embeds": torch.stack([pad_tokens(s["prompt_embeds"], max_sequence_length) for s in samples]).float(),
+        "image_embeds": torch.stack([sample["image_embeds"] for sample in samples]).float(),
+        "audio_hidden_states": torch.stack([sample["audio_hidden_states"] for sample in samples]).float(),
+        "has_masks": torch.tensor([float(sample["has_masks"]) for sample in samples]),
+        "captions": [sample["caption"] for sample in samples],
+    }
+    mask_shape = next((s["region_masks"].shape for s in samples if s["has_masks"]), None)
+    if mask_shape is not None:
+        batch["region_masks"] = torch.stack(
+            [s["region_masks"].float() if s["has_masks"] else torch.zeros(mask_shape) for s in samples]
+        )
+    else:
+        batch["region_masks"] = None
+    if mask_shape is not None and mask_shape[0] != num_regions:
+        raise ValueError(f"cached masks have {mask_shape[0]} regions, the cache info names {num_regions}.")
+    return batch

@@ -1,0 +1,236 @@
+"""training_scripts/train_syncdreamer.py on tiny components: overfitting, modality dropout, resume after a kill,
+atomic checkpoints, two-process DDP, and LoRA weights that load into SyncDreamerPipeline."""
+
+import importlib.util
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from accelerate.state import AcceleratorState
+from safetensors.torch import load_file
+
+from _training_fixtures import FPS, save_tiny_pipeline, write_random_cache
+from syncdreamer_hf.data.latent_cache import CachedWindowDataset, collate_windows
+from syncdreamer_hf.pipeline_syncdreamer import SyncDreamerPipeline
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "training_scripts" / "train_syncdreamer.py"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO / "src")}
+
+spec = importlib.util.spec_from_file_location("train_syncdreamer", SCRIPT)
+train = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(train)
+
+
+@pytest.fixture(scope="module")
+def pipeline_dir(tmp_path_factory):
+    return save_tiny_pipeline(tmp_path_factory.mktemp("pipe"))
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return write_random_cache(tmp_path_factory.mktemp("cache"), num_windows=4)
+
+
+def run_in_process(argv):
+    AcceleratorState._reset_state(True)
+    try:
+        train.main(argv)
+    finally:
+        AcceleratorState._reset_state(True)
+
+
+def base_argv(pipeline_dir, cache_dir, output_dir, steps, *extra):
+    return [
+        "--pretrained_model_name_or_path", str(pipeline_dir), "--cache_dir", str(cache_dir), "--output_dir",
+        str(output_dir), "--max_train_steps", str(steps), "--report_to", "none", "--learning_rate", "1e-3",
+        "--region_weights", "mouth=20", *extra,
+    ]
+
+
+def module_and_batch(pipeline_dir, cache_dir, **overrides):
+    args = train.parse_args(["--pretrained_model_name_or_path", str(pipeline_dir), "--cache_dir", str(cache_dir)])
+    for name, value in overrides.items():
+        setattr(args, name, value)
+    transformer, adapter, audio_encoder = train.load_models(args)
+    train.set_trainable(transformer, adapter, audio_encoder, args)
+    module = train.SyncDreamerTrainingModule(transformer, adapter, audio_encoder)
+    dataset = CachedWindowDataset(cache_dir)
+    batch = collate_windows([dataset[0], dataset[1]], dataset.info["max_sequence_length"], len(dataset.region_names))
+    return args, module, dataset, batch
+
+
+def loss_of(module, batch, args, dataset, seed):
+    return train.training_loss(
+        module, batch, args, torch.Generator().manual_seed(seed), dataset.empty_prompt_embeds, dataset.region_names,
+        module.visual_adapter.config.query_regions, "cpu", torch.float32,
+    )
+
+
+def test_overfits_one_cached_batch(pipeline_dir, cache_dir):
+    """50 steps on one batch (its noise and timesteps fixed too): the loss on it falls more than 10-fold."""
+    torch.manual_seed(0)
+    args, module, dataset, batch = module_and_batch(
+        pipeline_dir, cache_dir, text_dropout=0.0, identity_dropout=0.0, audio_dropout=0.0
+    )
+    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-2, weight_decay=0)
+    losses = []
+    for step in range(50):
+        loss, logs = loss_of(module, batch, args, dataset, seed=0)
+        assert "loss_localization" in logs  # the random cache has masks: both losses train
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(logs["loss_diffusion"])
+    assert losses[-1] < 0.1 * losses[0], losses[::10]
+
+
+class BranchSpy:
+    """Records what the transformer's audio/identity inputs were on each call (a forward pre-hook)."""
+
+    def __init__(self, transformer):
+        self.calls = []
+        transformer.register_forward_pre_hook(self.record, with_kwargs=True)
+
+    def record(self, module, args, kwargs):
+        self.calls.append({name: kwargs.get(name) for name in ("audio_embeds", "identity_embeds", "encoder_hidden_states")})
+
+
+@pytest.mark.parametrize("stage,audio_dropout,hears_audio", [(2, 1.0, False), (2, 0.0, True), (1, 0.0, False)])
+def test_audio_dropout_gives_the_audio_branch_none(pipeline_dir, cache_dir, stage, audio_dropout, hears_audio):
+    args, module, dataset, batch = module_and_batch(
+        pipeline_dir, cache_dir, stage=stage, audio_dropout=audio_dropout, identity_dropout=0.0, text_dropout=0.0
+    )
+    spy = BranchSpy(module.transformer)
+    audio_branch_inputs = []
+    module.transformer.blocks[0].attn_audio.register_forward_pre_hook(lambda m, a: audio_branch_inputs.append(a))
+    for seed in range(5):
+        loss_of(module, batch, args, dataset, seed)
+    assert len(spy.calls) == 5
+    assert all((call["audio_embeds"] is not None) == hears_audio for call in spy.calls)
+    assert all(call["identity_embeds"] is not None for call in spy.calls)
+    assert len(audio_branch_inputs) == (5 if hears_audio else 0)
+
+
+def test_identity_and_text_dropout(pipeline_dir, cache_dir):
+    args, module, dataset, batch = module_and_batch(
+        pipeline_dir, cache_dir, identity_dropout=1.0, text_dropout=1.0, audio_dropout=0.0
+    )
+    spy = BranchSpy(module.transformer)
+    _, logs = loss_of(module, batch, args, dataset, 0)
+    assert spy.calls[0]["identity_embeds"] is None and "loss_localization" not in logs
+    empty = torch.zeros_like(batch["prompt_embeds"][0])
+    empty[: len(dataset.empty_prompt_embeds)] = dataset.empty_prompt_embeds
+    for text in spy.calls[0]["encoder_hidden_states"]:
+        torch.testing.assert_close(text, empty)
+
+
+def trained_weights(output_dir):
+    return load_file(Path(output_dir) / "transformer" / "diffusion_pytorch_model.safetensors") | {
+        "adapter." + k: v for k, v in load_file(Path(output_dir) / "visual_adapter" / "diffusion_pytorch_model.safetensors").items()
+    }
+
+
+def test_resume_after_kill_gives_identical_weights(pipeline_dir, cache_dir, tmp_path):
+    # 4 windows, batch 1: 10 steps cross two epoch boundaries; stage 2 with dropout and localization loss on.
+    run_in_process(base_argv(pipeline_dir, cache_dir, tmp_path / "straight", 10, "--checkpointing_steps", "100"))
+
+    killed = tmp_path / "killed"
+    argv = base_argv(pipeline_dir, cache_dir, killed, 10, "--checkpointing_steps", "5")
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), *argv, "--simulate_crash_at_step", "5"], env=ENV, capture_output=True, text=True
+    )
+    assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+    assert sorted(p.name for p in killed.iterdir() if "checkpoint" in p.name) == ["checkpoint-5"]
+    assert not (killed / "transformer").exists()  # it really died before the end
+
+    run_in_process([*argv, "--resume_from_checkpoint", "latest"])
+    straight, resumed = trained_weights(tmp_path / "straight"), trained_weights(killed)
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=0, msg=name)
+    initial = load_file(Path(pipeline_dir) / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert not torch.equal(initial["proj_out.weight"], straight["proj_out.weight"])  # it did train
+
+
+def test_a_failed_checkpoint_write_leaves_no_checkpoint(pipeline_dir, cache_dir, tmp_path, monkeypatch):
+    from accelerate import Accelerator
+
+    def save_half_then_fail(self, output_dir=None, **kwargs):
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(output_dir) / "model.safetensors").write_bytes(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Accelerator, "save_state", save_half_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        run_in_process(base_argv(pipeline_dir, cache_dir, tmp_path, 2, "--checkpointing_steps", "1"))
+    assert train.list_checkpoints(tmp_path) == []
+    assert [p.name for p in tmp_path.iterdir() if "checkpoint" in p.name] == [".checkpoint-1.tmp"]
+
+
+def test_two_process_gloo_ddp_keeps_ranks_identical(pipeline_dir, cache_dir, tmp_path):
+    # accelerate 1.15 starts CPU processes only through mpirun with `--cpu`; torchrun (`--multi_gpu`) starts them,
+    # and ACCELERATE_USE_CPU=1 makes each rank pick the gloo backend (DistributedType.MULTI_CPU).
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517", str(SCRIPT),
+        *base_argv(pipeline_dir, cache_dir, tmp_path, 3, "--checkpointing_steps", "100", "--lora_rank", "4"),
+    ]
+    result = subprocess.run(command, env={**ENV, "ACCELERATE_USE_CPU": "1"}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    checksums = dict(re.findall(r"rank (\d) trainable checksum ([0-9a-f]{64})", result.stderr + result.stdout))
+    assert sorted(checksums) == ["0", "1"], result.stderr[-3000:]
+    assert checksums["0"] == checksums["1"]
+    assert "MULTI_CPU  Backend: gloo" in result.stderr and "Num processes: 2" in result.stdout + result.stderr
+    assert (tmp_path / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_lora_output_loads_with_load_lora_weights_and_changes_the_output(pipeline_dir, cache_dir, tmp_path):
+    from syncdreamer_hf.media import load_video
+
+    image = (np.indices((32, 32)).sum(0)[..., None] * np.array([5, 3, 1]) % 256).astype(np.uint8)
+    audio = (0.3 * np.sin(np.arange(5760) / 9)).astype(np.float32)
+    import PIL.Image
+
+    PIL.Image.fromarray(image).save(tmp_path / "reference.png")
+    from syncdreamer_hf.media import save_video
+
+    save_video(np.zeros((1, 32, 32, 3), np.uint8), tmp_path / "speech.mp4", fps=FPS, audio=audio)
+    output_dir = tmp_path / "lora"
+    run_in_process(
+        base_argv(
+            pipeline_dir, cache_dir, output_dir, 4, "--lora_rank", "4", "--learning_rate", "1e-2",
+            "--checkpointing_steps", "100", "--validation_steps", "4", "--validation_image",
+            str(tmp_path / "reference.png"), "--validation_audio", str(tmp_path / "speech.mp4"),
+            "--validation_num_frames", "9", "--validation_inference_steps", "2",
+        )
+    )
+    assert (output_dir / "pytorch_lora_weights.safetensors").is_file()
+    frames, fps = load_video(output_dir / "validation" / "step-4.mp4")
+    assert frames.shape == (9, 32, 32, 3) and fps == FPS
+
+    def generate(pipe):
+        return pipe(
+            image=image, audio=audio, sample_rate=16000, prompt="a person talks", num_frames=9,
+            num_inference_steps=2, generator=torch.Generator().manual_seed(0), max_sequence_length=16,
+            output_type="latent",
+        ).frames
+
+    pipe = SyncDreamerPipeline.from_pretrained(pipeline_dir)
+    pipe.set_progress_bar_config(disable=True)
+    before = generate(pipe)
+    pipe.load_lora_weights(output_dir)
+    lora_state = load_file(output_dir / "pytorch_lora_weights.safetensors")
+    assert lora_state and all(key.startswith("transformer.") and "lora_" in key for key in lora_state)
+    assert any("attn1.to_q.lora_B" in key and lora_state[key].abs().sum() > 0 for key in lora_state)
+    after_lora = generate(pipe)
+    assert (after_lora - before).abs().max() > 1e-4
+    full = SyncDreamerPipeline.from_pretrained(pipeline_dir).load_trained_modules(output_dir)
+    full.set_progress_bar_config(disable=True)  # LoRA + the fully trained adapter, audio encoder, new branches
+    assert (generate(full) - after_lora).abs().max() > 1e-6
