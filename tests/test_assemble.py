@@ -1,6 +1,5 @@
 """training_scripts/assemble_pipeline.py on tiny local stand-ins of Wan2.1-T2V-Diffusers, wav2vec2 and CLIP."""
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -9,15 +8,8 @@ from diffusers import WanTransformer3DModel
 
 from syncdreamer_hf.pipeline_syncdreamer import SyncDreamerPipeline
 from syncdreamer_hf.tiny import AUDIO_DIM, IDENTITY_DIM, TEXT_DIM, TINY_PIPELINE_CONFIG, build_tiny_components
+from _scripts import load_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "training_scripts" / "assemble_pipeline.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("assemble_pipeline", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def save_stand_ins(root: Path) -> tuple[str, str, str]:
@@ -40,7 +32,7 @@ def save_stand_ins(root: Path) -> tuple[str, str, str]:
 
 def test_assembled_pipeline_keeps_wan_weights_runs_and_round_trips(tmp_path):
     wan, wav2vec2, clip = save_stand_ins(tmp_path)
-    pipe = load_script().assemble_pipeline(
+    pipe = load_script("assemble_pipeline").assemble_pipeline(
         wan, wav2vec2, clip, identity_dim=IDENTITY_DIM, audio_dim=AUDIO_DIM, **TINY_PIPELINE_CONFIG
     )
     wan_transformer = WanTransformer3DModel.from_pretrained(wan, subfolder="transformer")

@@ -1,23 +1,14 @@
 """training_scripts/build_captions.py: step (A), one reference frame per clip captioned into `metadata.jsonl`."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import PIL.Image
 
 from syncdreamer_hf.media import save_video
 from syncdreamer_hf.prompt_enhancer.tiny import build_tiny_qwen2_vl
+from _scripts import load_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "training_scripts" / "build_captions.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("build_captions", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_captions_the_middle_frame_of_each_clip(tmp_path):
@@ -32,7 +23,7 @@ def test_captions_the_middle_frame_of_each_clip(tmp_path):
     rows[2]["prompt"] = "nod twice"  # already captioned: kept
     (dataset / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
 
-    load_script().main(["--dataset_dir", str(dataset), "--model_name_or_path",
+    load_script("build_captions").main(["--dataset_dir", str(dataset), "--model_name_or_path",
                         build_tiny_qwen2_vl(tmp_path / "vlm"), "--max_new_tokens", "6", "--batch_size", "2"])
 
     written = [json.loads(line) for line in (dataset / "metadata.jsonl").read_text().splitlines()]

@@ -1,8 +1,6 @@
 """train_prompt_enhancer.py on CPU with a tiny random Qwen2-VL: GRPO raises the reward on held-out (image, prompt)
 pairs, SFT fits the targets, and the trained adapter saves, reloads and merges without changing the logits."""
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,26 +8,19 @@ from peft import PeftModel
 
 from syncdreamer_hf.prompt_enhancer import SyncDreamerPromptEnhancer
 from syncdreamer_hf.prompt_enhancer.tiny import build_tiny_qwen2_vl, build_toy_dataset
+from _scripts import load_script
 
-SCRIPT = Path(__file__).parents[1] / "training_scripts" / "train_prompt_enhancer.py"
 GRPO_ARGS = (
     "--use_cpu --seed 0 --sft_steps 0 --grpo_steps 60 --learning_rate 5e-2 --num_generations 8 "
     "--per_device_batch_size 16 --max_completion_length 16 --lora_rank 8 --lora_alpha 16 --fluency_weight 0"
 )
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("train_prompt_enhancer", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def grpo_run(tmp_path_factory):
     """(script, base enhancer, trained enhancer, held-out rows, rewards, weights, output dir)."""
     root = tmp_path_factory.mktemp("grpo")
-    train = load_script()
+    train = load_script("train_prompt_enhancer")
     model_dir = build_tiny_qwen2_vl(root / "tiny-vlm")
     build_toy_dataset(root / "train", num_rows=16, seed=0)
     build_toy_dataset(root / "held_out", num_rows=8, seed=1)
@@ -69,7 +60,7 @@ def test_trained_adapter_saves_reloads_and_merges_with_identical_logits(grpo_run
 
 
 def test_sft_warm_start_fits_the_targets(tmp_path):
-    train = load_script()
+    train = load_script("train_prompt_enhancer")
     model_dir = build_tiny_qwen2_vl(tmp_path / "tiny-vlm")
     build_toy_dataset(tmp_path / "train", num_rows=8)
     argv = [

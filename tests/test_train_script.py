@@ -1,7 +1,6 @@
 """training_scripts/train_syncdreamer.py on tiny components: overfitting, modality dropout, resume after a kill,
 atomic checkpoints, two-process DDP, and LoRA weights that load into SyncDreamerPipeline."""
 
-import importlib.util
 import os
 import re
 import signal
@@ -18,14 +17,13 @@ from safetensors.torch import load_file
 from _training_fixtures import FPS, save_tiny_pipeline, write_random_cache
 from syncdreamer_hf.data.latent_cache import CachedWindowDataset, collate_windows
 from syncdreamer_hf.pipeline_syncdreamer import SyncDreamerPipeline
+from _scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "training_scripts" / "train_syncdreamer.py"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO / "src")}
 
-spec = importlib.util.spec_from_file_location("train_syncdreamer", SCRIPT)
-train = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(train)
+train = load_script("train_syncdreamer")
 
 
 @pytest.fixture(scope="module")
