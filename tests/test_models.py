@@ -9,7 +9,7 @@ from diffusers.hooks import FirstBlockCacheConfig
 from peft import LoraConfig
 
 from syncdreamer_hf import AudioDynamicsEncoder, SyncDreamerTransformer3DModel, SyncDreamerVisualAdapter
-from syncdreamer_hf.models.transformer_syncdreamer import NEW_BRANCH_PREFIXES
+from syncdreamer_hf.models.transformer_syncdreamer import NEW_BRANCH_MODULES
 
 WAN_TINY = dict(
     patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
@@ -149,7 +149,7 @@ def test_gradients_reach_every_new_parameter(model):
     randomize_new_branches(model)
     model.train()
     model(**make_inputs()).sample.square().mean().backward()
-    new_params = [(n, p) for n, p in model.named_parameters() if any(part in NEW_BRANCH_PREFIXES for part in n.split("."))]
+    new_params = [(n, p) for n, p in model.named_parameters() if any(part in NEW_BRANCH_MODULES for part in n.split("."))]
     assert len(new_params) > 0
     for name, param in new_params:
         assert param.grad is not None and param.grad.abs().sum() > 0, name
@@ -330,7 +330,7 @@ def test_real_sized_configs_instantiate_on_meta(name):
     with torch.device("meta"):
         ours = SyncDreamerTransformer3DModel(**config, text_dim=4096, identity_dim=1024, audio_dim=768)
         wan = WanTransformer3DModel(**config, text_dim=4096, in_channels=16)
-    new = sum(p.numel() for n, p in ours.named_parameters() if any(x in NEW_BRANCH_PREFIXES for x in n.split(".")))
+    new = sum(p.numel() for n, p in ours.named_parameters() if any(x in NEW_BRANCH_MODULES for x in n.split(".")))
     base = sum(p.numel() for p in ours.parameters()) - new
     wan_count = sum(p.numel() for p in wan.parameters())
     # the base is Wan's, with the patch embedding widened from 16 to 36 input channels

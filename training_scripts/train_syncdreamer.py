@@ -50,7 +50,7 @@ from syncdreamer_hf.losses import (
     region_weighted_flow_matching_loss,
     sample_flow_sigmas,
 )
-from syncdreamer_hf.models.transformer_syncdreamer import NEW_BRANCH_PREFIXES
+from syncdreamer_hf.models.transformer_syncdreamer import NEW_BRANCH_MODULES
 from syncdreamer_hf.pipeline_syncdreamer import NEW_BRANCHES_FILE, SyncDreamerPipeline
 
 logger = get_logger(__name__)
@@ -200,7 +200,7 @@ def set_trainable(transformer, visual_adapter, audio_dynamics_encoder, args):
             )
         )
         for name, module in transformer.named_modules():
-            if name.split(".")[-1] in NEW_BRANCH_PREFIXES:
+            if name.split(".")[-1] in NEW_BRANCH_MODULES:
                 module.requires_grad_(True)
     else:
         transformer.requires_grad_(True)
@@ -338,7 +338,7 @@ def new_branch_state_dict(transformer) -> dict[str, torch.Tensor]:
     return {
         name: tensor.detach().cpu().contiguous()
         for name, tensor in transformer.state_dict().items()
-        if any(part in NEW_BRANCH_PREFIXES for part in name.split(".")) and "lora_" not in name
+        if any(part in NEW_BRANCH_MODULES for part in name.split(".")) and "lora_" not in name
     }
 
 

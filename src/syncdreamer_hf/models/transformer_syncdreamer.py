@@ -43,7 +43,7 @@ from diffusers.utils.torch_utils import maybe_allow_in_graph
 logger = logging.get_logger(__name__)
 
 # Modules that `WanTransformer3DModel` does not have: they start from scratch in `from_wan`.
-NEW_BRANCH_PREFIXES = ("identity_embedder", "audio_embedder", "norm_identity", "attn_identity", "norm_audio", "attn_audio")
+NEW_BRANCH_MODULES = ("identity_embedder", "audio_embedder", "norm_identity", "attn_identity", "norm_audio", "attn_audio")
 
 
 @dataclass
@@ -437,7 +437,7 @@ class SyncDreamerTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, C
         with init_empty_weights():
             model = cls(**config)
         for name, module in model.named_modules():
-            if name.split(".")[-1] in NEW_BRANCH_PREFIXES:
+            if name.split(".")[-1] in NEW_BRANCH_MODULES:
                 module.to_empty(device=wan.device)
                 for submodule in module.modules():
                     if hasattr(submodule, "reset_parameters"):
