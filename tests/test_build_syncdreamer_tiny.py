@@ -70,3 +70,30 @@ def test_rerun_skips_finished_steps(built, capsys):
     assert "1. " in log and "exists: skipped" in log and "training steps" not in log
     after = json.loads((root / "work" / "build_state.json").read_text())
     assert after["train_steps"] == before["train_steps"] == 2
+
+
+def test_ablation_rows_share_the_build_and_write_one_table(built, tmp_path):
+    root, _, _ = built
+    ablate = load_script("ablate")
+    card = tmp_path / "README.md"
+    card.write_text("# SyncDreamer-Tiny\n\nweights\n\n## Ablation\n\nan older table\n")
+    argv = ["--build_dir", str(root / "work"), "--work_dir", str(tmp_path), "--max_train_steps", "1",
+            "--rows", "full", "no_visual_adapter", "--inference_steps", "2", "--eval_clips", "2",
+            "--eval_seconds", "0.2", "--eval_steps", "1", "--card", str(card)]
+    rows = ablate.main(argv)
+    assert [row["row"] for row in rows] == ["full", "full, 2 inference steps",
+                                            'full, minimal prompt "talk to the camera"', "no_visual_adapter"]
+    variant = SyncDreamerPipeline.from_pretrained(tmp_path / "no_visual_adapter" / "train")
+    assert variant.visual_adapter.config.raw_image_tokens and variant.visual_adapter.config.query_regions == []
+    assert "--lambda_loc" in rows[0]["train_command"] and "--num-inference-steps 2" in rows[1]["eval_command"]
+    minimal = json.loads((tmp_path / "full" / "eval_minimal_prompt.json").read_text())
+    assert minimal["generation"]["prompt"] == "talk to the camera"
+    assert all(0 <= row["no_unasked_motion"] <= 1 for row in rows)
+    table = (tmp_path / "ablation.md").read_text()
+    assert table.count("\n| ") == 1 + len(rows) and "no_visual_adapter" in table
+    text = card.read_text()  # the card's section is replaced, with the command that wrote it
+    assert text.startswith("# SyncDreamer-Tiny\n\nweights\n\n## Ablation") and "older" not in text
+    assert table in text and "python training_scripts/ablate.py --build_dir" in text
+    # a rerun trains and evaluates nothing again
+    mtime = (tmp_path / "full" / "eval.json").stat().st_mtime
+    assert ablate.main(argv) == rows and (tmp_path / "full" / "eval.json").stat().st_mtime == mtime

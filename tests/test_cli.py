@@ -21,11 +21,11 @@ def test_generate_writes_mp4_with_all_frames_and_the_audio(tmp_path):
                "--prompt", "a person talks", "--output", str(output), "--num-inference-steps", "2"]
     result = subprocess.run(command, capture_output=True, text=True, env={"OMP_NUM_THREADS": "1", "PATH": ""})
     assert result.returncode == 0, result.stderr
-    assert "50 frames" in result.stdout  # examples/speech.wav lasts 2.0 s: 2.0 x 25 fps
+    assert "100 frames" in result.stdout  # examples/speech.wav lasts 4.0 s: 4.0 x 25 fps
     with av.open(str(output)) as container:
-        assert sum(1 for _ in container.decode(container.streams.video[0])) == 50
+        assert sum(1 for _ in container.decode(container.streams.video[0])) == 100
         sound = container.streams.audio[0]
-        assert abs(float(sound.duration * sound.time_base) - 2.0) <= 1 / 25
+        assert abs(float(sound.duration * sound.time_base) - 4.0) <= 1 / 25
     assert DEFAULT_MODEL.is_dir()
 
 
@@ -41,7 +41,7 @@ def run(capsys, *args) -> tuple[int, str]:
         (["--image", __file__, "--audio", AUDIO, "--output", "o.mp4"], "not an image"),
         (["--image", IMAGE, "--audio", "missing.wav", "--output", "o.mp4"], "does not exist"),
         (["--image", IMAGE, "--audio", IMAGE, "--output", "o.mp4"], "no audio track"),
-        (["--image", IMAGE, "--audio", AUDIO, "--output", "o.mp4", "--height", "40"], "multiples of 16"),
+        (["--image", IMAGE, "--audio", AUDIO, "--output", "o.mp4", "--height", "36"], "multiples of 8"),
         (["--image", IMAGE, "--audio", AUDIO, "--output", "o.mp4", "--fps", "0"], "fps"),
         (["--image", IMAGE, "--audio", AUDIO, "--output", "o.mp4", "--num-inference-steps", "0"], "positive"),
         (["--image", IMAGE, "--audio", AUDIO, "--output", "o.mp4", "--guidance-scale", "-2"], ">= 0"),

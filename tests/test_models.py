@@ -9,6 +9,7 @@ from diffusers.hooks import FirstBlockCacheConfig
 from peft import LoraConfig
 
 from syncdreamer_hf import AudioDynamicsEncoder, SyncDreamerTransformer3DModel, SyncDreamerVisualAdapter
+from syncdreamer_hf.losses import attention_localization_loss
 from syncdreamer_hf.models.transformer_syncdreamer import NEW_BRANCH_MODULES
 
 WAN_TINY = dict(
@@ -315,6 +316,34 @@ def test_expressivity_reweights_frame_features():
 def test_audio_encoder_rejects_frame_counts_that_are_not_4k_plus_1():
     with pytest.raises(ValueError, match="4k \\+ 1"):
         make_audio_encoder()(torch.randn(1, 3, 20, 12), 10)
+
+
+@torch.no_grad()
+def test_temporal_stride_1_gives_one_token_group_per_video_frame():
+    encoder = make_audio_encoder(context_frames=1, use_expressivity=False, temporal_stride=1)
+    frames = 6  # any count: T = F
+    states = torch.randn(1, 3, frames, 12)
+    base = encoder(states, frames).audio_embeds
+    assert base.shape == (1, frames, N_TOK, AUDIO_DIM)
+    changed = states.clone()
+    changed[:, :, 3] += 5.0  # frame 3 is seen by latent frames 2, 3, 4 (context 1)
+    moved = (encoder(changed, frames).audio_embeds - base).abs().amax(dim=(0, 2, 3))
+    assert (moved > 1e-5).tolist() == [False, False, True, True, True, False]
+
+
+def test_visual_adapter_raw_image_tokens_ablation(tmp_path):
+    adapter = SyncDreamerVisualAdapter(image_embed_dim=24, num_queries=32, identity_dim=8, raw_image_tokens=True)
+    image_embeds = torch.randn(2, 7, 24)
+    tokens = adapter(image_embeds)
+    assert tokens.shape == (2, 7, 8)  # one identity token per image token, no queries
+    assert adapter.config.query_regions == [] and not hasattr(adapter, "queries")
+    # no region queries: the localization loss has nothing to localize
+    attention = torch.rand(2, 12, 7).softmax(-1)
+    masks = torch.ones(2, 1, 3, 2, 2)
+    assert attention_localization_loss(attention, masks, ["mouth"], adapter.config.query_regions) == 0
+    adapter.save_pretrained(tmp_path)
+    loaded = SyncDreamerVisualAdapter.from_pretrained(tmp_path)
+    torch.testing.assert_close(loaded(image_embeds), tokens)
 
 
 REAL_CONFIGS = {

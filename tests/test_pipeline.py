@@ -211,7 +211,7 @@ BAD_INPUTS = [
     ({"width": 30}, "multiples of 16"),
     ({"num_frames": 10}, "4k \\+ 1"),
     ({"num_frames_per_window": 8}, "4k \\+ 1"),
-    ({"num_motion_frames": 3}, "multiple of 4"),
+    ({"num_motion_frames": 3}, "multiple of 4 below"),
     ({"num_motion_frames": 12}, "num_motion_frames"),
     ({"num_inference_steps": 0}, "positive integer"),
     ({"fps": 0}, "`fps` must be positive"),
@@ -228,6 +228,40 @@ BAD_INPUTS = [
 ]
 
 
+def frame_by_frame_pipeline(audio_stride: int) -> SyncDreamerPipeline:
+    """The tiny pipeline with a VAE without temporal compression (as SyncDreamer-Tiny's) and an audio dynamics
+    encoder grouping `audio_stride` frames per latent frame."""
+    from diffusers import AutoencoderKLWan
+
+    from syncdreamer_hf import AudioDynamicsEncoder
+
+    components = build_tiny_components(seed=0)
+    components["vae"] = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                                         temperal_downsample=[False, False, False], scale_factor_temporal=1)
+    config = {k: v for k, v in components["audio_dynamics_encoder"].config.items() if not k.startswith("_")}
+    components["audio_dynamics_encoder"] = AudioDynamicsEncoder(**{**config, "temporal_stride": audio_stride})
+    pipe = SyncDreamerPipeline(**components, **{**TINY_PIPELINE_CONFIG, "num_frames_per_window": 5,
+                                                "num_motion_frames": 2})
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_vae_without_temporal_compression_windows_frame_by_frame():
+    pipe = frame_by_frame_pipeline(audio_stride=1)
+    steps = []
+    output = generate(pipe, speech(0.44), callback_on_step_end=lambda p, i, t, kw: steps.append(i) or {})
+    # 11 frames, any count; windows of 5 latent frames advancing by 3: starts 0, 3, 6
+    assert output.frames.shape == (1, 11, 32, 32, 3)
+    assert steps == list(range(2 * 3))
+    with pytest.raises(ValueError, match="multiple of 1 below"):
+        generate(pipe, num_motion_frames=5)
+
+
+def test_audio_grouping_must_match_the_vae():
+    with pytest.raises(ValueError, match="set its `temporal_stride` to 1"):
+        generate(frame_by_frame_pipeline(audio_stride=4))
+
+
 @pytest.mark.parametrize("kwargs,message", BAD_INPUTS, ids=[str(k) for k, _ in BAD_INPUTS])
 def test_bad_inputs_raise_value_error_naming_the_fix(pipe, kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -241,3 +275,20 @@ def test_text_file_as_image_and_video_without_audio_are_rejected(pipe, tmp_path)
     save_video(np.zeros((5, 16, 16, 3), np.uint8), tmp_path / "mute.mp4", fps=FPS)
     with pytest.raises(ValueError, match="no audio track"):
         generate(pipe, audio=str(tmp_path / "mute.mp4"))
+
+
+def test_sampling_defaults_come_from_the_config(pipe):
+    """Steps and guidance scales left out of the call are the pipeline config's (a tiny model ships its own)."""
+    configured = SyncDreamerPipeline(
+        **pipe.components,
+        **{**TINY_PIPELINE_CONFIG, "default_num_inference_steps": 3, "default_guidance_scale": 1.5,
+           "default_audio_guidance_scale": 2.0},
+    )
+    configured.set_progress_bar_config(disable=True)
+    steps = []
+    kwargs = {"callback_on_step_end": lambda p, i, t, kw: steps.append(i) or {}, "num_inference_steps": None}
+    implicit = generate(configured, **kwargs).frames
+    assert steps == [0, 1, 2]  # one window, the configured 3 steps
+    explicit = generate(pipe, num_inference_steps=3, guidance_scale=1.5, audio_guidance_scale=2.0).frames
+    np.testing.assert_array_equal(implicit, explicit)
+    assert not np.array_equal(explicit, generate(pipe, num_inference_steps=3).frames)  # 5.0 / 4.0 differ

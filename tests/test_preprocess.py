@@ -101,6 +101,9 @@ def test_masks_reach_the_token_grid(cache):
     masks[0, 5, 20, 3] = 1  # one pixel, frame 5 -> latent frame 2 (frames 5..8), token row 1, column 0
     grid = masks_to_token_grid(masks, (3, 2, 2))
     assert grid.sum() == 1 and grid[0, 2, 1, 0] == 1
+    # without temporal compression (a tiny VAE with scale_factor_temporal=1) each frame is its own latent frame
+    grid = masks_to_token_grid(masks, (9, 2, 2), temporal_stride=1)
+    assert grid.sum() == 1 and grid[0, 5, 1, 0] == 1
     mouth = load_file(cache / "windows" / "clip_00000_w000.safetensors")["region_masks"][1]
     assert 0 < mouth.sum() < mouth.numel()  # the mouth covers part of the face, not all of it
 

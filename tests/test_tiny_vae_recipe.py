@@ -68,3 +68,18 @@ def test_config_scale_factors_match_the_actual_compression(dim_mult, spatial):
 def test_clip_length_must_fit_the_temporal_compression():
     with pytest.raises(SystemExit):
         train.parse_args(["--output_dir", "unused", "--num_frames", "8"])
+
+
+def test_frame_autoencoder_learns_and_reloads(tmp_path):
+    from syncdreamer_hf import SyncDreamerFrameAutoencoder
+    from syncdreamer_hf.tiny import load_vae
+
+    # any clip length: the frame autoencoder has no temporal compression
+    summary = train.main([*TINY, "--num_frames", "6", "--architecture", "frame", "--output_dir", str(tmp_path),
+                          "--max_train_steps", "30", "--posterior", "mode"])
+    log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert summary["step"] == 30 and log[-1]["l1"] < 0.8 * log[0]["l1"]
+    vae = load_vae(tmp_path / "vae")
+    assert type(vae) is SyncDreamerFrameAutoencoder and vae.config.scale_factor_temporal == 1
+    assert all(std > 0 for std in vae.config.latents_std)
+    train.check_scale_factors(vae, num_frames=6, height=32, width=32)

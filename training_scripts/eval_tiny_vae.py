@@ -25,9 +25,9 @@ import time
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKLWan
 
 from syncdreamer_hf.data.synthetic import clip_seed, synthetic_example
+from syncdreamer_hf.tiny import load_vae
 from syncdreamer_hf.evaluation.synthetic import (
     analyze_video,
     colour_error,
@@ -39,7 +39,7 @@ from syncdreamer_hf.evaluation.synthetic import (
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("vae_dirs", nargs="+", help="folders written by AutoencoderKLWan.save_pretrained")
+    parser.add_argument("vae_dirs", nargs="+", help="VAE folders (AutoencoderKLWan or SyncDreamerFrameAutoencoder)")
     parser.add_argument("--num_clips", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=4.04, help="4.04 s at 25 fps = 101 frames (4k + 1)")
     parser.add_argument("--fps", type=float, default=25.0)
@@ -48,14 +48,12 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--json_out", default=None, help="also write the results here")
     args = parser.parse_args(argv)
-    if (round(args.seconds * args.fps) - 1) % 4:
-        parser.error(f"seconds * fps must be 4k + 1 frames (temporal compression 4); got {args.seconds * args.fps:g}.")
     return args
 
 
 @torch.no_grad()
-def reconstruct(vae: AutoencoderKLWan, frames: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
-    """frames (F, H, W, 3) uint8 with F = 4k + 1 -> reconstructed frames (F, H, W, 3) uint8 and the normalised
+def reconstruct(vae, frames: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+    """frames (F, H, W, 3) uint8 with F = sk + 1 (temporal compression s) -> reconstructed frames (F, H, W, 3) uint8 and the normalised
     latents (z_dim, T, h, w)."""
     pixels = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1  # (1, 3, F, H, W)
     latents = vae.encode(pixels).latent_dist.mode()
@@ -77,7 +75,7 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
-def evaluate(vae: AutoencoderKLWan, clips) -> dict:
+def evaluate(vae, clips) -> dict:
     mouth_original, mouth_reconstructed, mouth_truth = [], [], []
     colour_errors, colour_floor, psnrs, mouth_psnrs, latents = [], [], [], [], []
     kept, shown, extra, hands_kept, hands_shown = 0, 0, 0, 0, 0
@@ -128,7 +126,10 @@ def main(argv=None) -> dict:
                                args.width) for i in range(args.num_clips)]
     results = {}
     for vae_dir in args.vae_dirs:
-        vae = AutoencoderKLWan.from_pretrained(vae_dir).eval()
+        vae = load_vae(vae_dir).eval()
+        if (len(clips[0].frames) - 1) % vae.config.scale_factor_temporal:
+            raise SystemExit(f"{vae_dir}: seconds * fps must be sk + 1 frames for its temporal compression "
+                             f"s = {vae.config.scale_factor_temporal}; got {len(clips[0].frames)}.")
         start = time.time()
         results[vae_dir] = evaluate(vae, clips)
         results[vae_dir]["seconds"] = round(time.time() - start, 1)

@@ -52,7 +52,6 @@ def probe(module, dataset, sigmas, seed: int, batch_size: int = 8) -> dict:
         batch_size_now, _, num_latent_frames = latents.shape[:3]
         if batch_size_now < 2:
             continue
-        num_frames = (num_latent_frames - 1) * 4 + 1
         masks = batch["region_masks"]
         mouth = region_mask(masks, dataset.region_names, ["mouth"], latents.shape)
         instructed = region_mask(masks, dataset.region_names, ["hands", "eyes", "jaw"], latents.shape)
@@ -73,8 +72,7 @@ def probe(module, dataset, sigmas, seed: int, batch_size: int = 8) -> dict:
                 "swapped_prompt": (prompt.roll(1, dims=0), audio),
             }
             for name, (prompt_embeds, audio_hidden_states) in variants.items():
-                prediction, _ = module(model_input, sigma_batch * 1000, prompt_embeds, image, audio_hidden_states,
-                                       num_frames)
+                prediction, _ = module(model_input, sigma_batch * 1000, prompt_embeds, image, audio_hidden_states)
                 error = (prediction - target) ** 2
                 add(f"mouth/{name}", error, mouth)
                 add(f"instructed/{name}", error, instructed)

@@ -157,13 +157,14 @@ class SyncDreamerTrainingModule(nn.Module):
         self.audio_dynamics_encoder = audio_dynamics_encoder
 
     def forward(
-        self, model_input, timesteps, prompt_embeds, image_embeds, audio_hidden_states, num_frames,
-        return_identity_attention=False,
+        self, model_input, timesteps, prompt_embeds, image_embeds, audio_hidden_states, return_identity_attention=False
     ):
-        """`image_embeds` / `audio_hidden_states` set to None drop identity / audio (the branch gets None)."""
+        """`image_embeds` / `audio_hidden_states` set to None drop identity / audio (the branch gets None). The
+        audio spans the video frames of `model_input`'s T latent frames: (T - 1) * temporal_stride + 1."""
         identity_embeds = self.visual_adapter(image_embeds) if image_embeds is not None else None
         audio_embeds = None
         if audio_hidden_states is not None:
+            num_frames = (model_input.shape[2] - 1) * self.audio_dynamics_encoder.config.temporal_stride + 1
             audio_embeds = self.audio_dynamics_encoder(audio_hidden_states, num_frames).audio_embeds
         output = self.transformer(
             hidden_states=model_input,
@@ -228,7 +229,6 @@ def training_loss(module, batch, args, generator, empty_prompt_embeds, region_na
     """
     latents = batch["latents"].to(device)  # (B, 16, T, h, w)
     batch_size, _, num_latent_frames = latents.shape[:3]
-    num_frames = (num_latent_frames - 1) * 4 + 1
 
     noise = torch.randn(latents.shape, generator=generator).to(device)
     sigmas = sample_flow_sigmas(batch_size, args.timestep_shift, generator=generator).to(device)
@@ -258,7 +258,6 @@ def training_loss(module, batch, args, generator, empty_prompt_embeds, region_na
         prompt_embeds.to(dtype),
         batch["image_embeds"].to(device, dtype) if use_identity else None,
         batch["audio_hidden_states"].to(device, dtype) if use_audio else None,
-        num_frames,
         return_identity_attention=want_localization,
     )
     region_masks = batch["region_masks"].to(device) if has_masks else None

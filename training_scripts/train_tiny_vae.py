@@ -1,4 +1,5 @@
-"""Trains a tiny `AutoencoderKLWan` on the synthetic avatar world, for the tiny default SyncDreamer model.
+"""Trains a tiny `AutoencoderKLWan` (or `SyncDreamerFrameAutoencoder`) on the synthetic avatar world, for the tiny
+default SyncDreamer model.
 
 Clips of the train split are rendered on the fly (`data.synthetic.synthetic_example`, a new identity, speech and
 instruction set per clip), so the VAE never sees a held-out identity. The loss is a per-pixel L1 whose weight is
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKLWan
 
+from syncdreamer_hf import SyncDreamerFrameAutoencoder
 from syncdreamer_hf.data.synthetic import clip_seed, synthetic_example
 
 WEIGHTED_REGIONS = ("mouth", "eyes", "hands")
@@ -34,16 +36,19 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output_dir", required=True, help="checkpoints, train_log.jsonl and the saved VAE")
     # Model.
+    parser.add_argument("--architecture", choices=("wan", "frame"), default="wan",
+                        help="wan: a tiny AutoencoderKLWan; frame: SyncDreamerFrameAutoencoder (per-frame 2D, no "
+                             "temporal compression, --dim_mult levels of base_dim * mult channels)")
     parser.add_argument("--base_dim", type=int, default=16)
     parser.add_argument("--dim_mult", type=int, nargs="+", default=[1, 2, 4],
                         help="one entry per level; spatial compression is 2 ** (len - 1): 3 levels -> 4x, 4 -> 8x")
-    parser.add_argument("--num_res_blocks", type=int, default=1)
+    parser.add_argument("--num_res_blocks", type=int, default=1, help="wan only")
     parser.add_argument("--z_dim", type=int, default=16)
     # Data.
     parser.add_argument("--height", type=int, default=64)
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--fps", type=float, default=25.0)
-    parser.add_argument("--num_frames", type=int, default=9, help="frames per training clip, 4k + 1")
+    parser.add_argument("--num_frames", type=int, default=9, help="frames per training clip (4k + 1 for wan)")
     parser.add_argument("--num_train_clips", type=int, default=0,
                         help="cycle over this many clips (0: a new clip every time, the default)")
     parser.add_argument("--seed", type=int, default=0)
@@ -70,8 +75,8 @@ def parse_args(argv=None):
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
     parser.add_argument("--stats_clips", type=int, default=32, help="training clips for latents_mean/std")
     args = parser.parse_args(argv)
-    if (args.num_frames - 1) % 4:
-        parser.error(f"--num_frames must be 4k + 1 (temporal compression 4); got {args.num_frames}.")
+    if args.architecture == "wan" and (args.num_frames - 1) % 4:
+        parser.error(f"--num_frames must be 4k + 1 (the Wan VAE's temporal compression 4); got {args.num_frames}.")
     if len(args.dim_mult) < 3:
         parser.error("--dim_mult needs at least 3 levels (two temporal downsamplings for 4x temporal compression).")
     spatial = 2 ** (len(args.dim_mult) - 1)
@@ -80,10 +85,16 @@ def parse_args(argv=None):
     return args
 
 
-def build_vae(args) -> AutoencoderKLWan:
-    """A Wan VAE with 4x temporal compression (the last two downsamplings are 3D, as in Wan 2.1) and
-    2 ** (levels - 1) spatial compression, with the `scale_factor_*` config values the pipeline reads."""
+def build_vae(args) -> AutoencoderKLWan | SyncDreamerFrameAutoencoder:
+    """A Wan VAE with 4x temporal compression (the last two downsamplings are 3D, as in Wan 2.1) or a per-frame
+    autoencoder; 2 ** (levels - 1) spatial compression, with the `scale_factor_*` config values the pipeline reads."""
     num_down = len(args.dim_mult) - 1
+    if args.architecture == "frame":
+        vae = SyncDreamerFrameAutoencoder(z_dim=args.z_dim, block_out_channels=[args.base_dim * m for m in args.dim_mult],
+                                          scale_factor_spatial=2**num_down)
+        with torch.no_grad():  # the last encoder convolution gives (mean, logvar) along channels
+            vae.encoder[-1].bias[args.z_dim:] = args.init_logvar
+        return vae
     temperal_downsample = [False] * (num_down - 2) + [True, True]
     vae = AutoencoderKLWan(
         base_dim=args.base_dim, z_dim=args.z_dim, dim_mult=list(args.dim_mult), num_res_blocks=args.num_res_blocks,
@@ -123,10 +134,13 @@ def render_batch(args, first_index: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(pixels), masks
 
 
-def decode_unclamped(vae: AutoencoderKLWan, latents: torch.Tensor) -> torch.Tensor:
-    """`vae.decode(latents).sample` without its final clamp to [-1, 1]: the clamp zeroes the gradient of every
-    pixel that overshoots, and with it training stalls at coloured blobs. Latents (B, z, T, h, w) -> frames
-    (B, 3, 1 + 4 (T - 1), H, W), decoded one latent frame at a time with the causal cache, as `_decode` does."""
+def decode_unclamped(vae, latents: torch.Tensor) -> torch.Tensor:
+    """`vae.decode(latents).sample` without the Wan VAE's final clamp to [-1, 1]: the clamp zeroes the gradient of
+    every pixel that overshoots, and with it training stalls at coloured blobs. Latents (B, z, T, h, w) -> frames
+    (B, 3, 1 + 4 (T - 1), H, W), decoded one latent frame at a time with the causal cache, as `_decode` does
+    (`SyncDreamerFrameAutoencoder` does not clamp: its own `decode`)."""
+    if isinstance(vae, SyncDreamerFrameAutoencoder):
+        return vae.decode(latents).sample
     vae.clear_cache()
     hidden = vae.post_quant_conv(latents)
     frames = []
@@ -220,7 +234,7 @@ def main(argv=None) -> dict:
     elif log_path.exists():
         log_path.unlink()
     num_params = sum(p.numel() for p in vae.parameters())
-    print(f"AutoencoderKLWan: {num_params / 1e6:.2f}M parameters, {vae.config.scale_factor_spatial}x spatial, "
+    print(f"{type(vae).__name__}: {num_params / 1e6:.2f}M parameters, {vae.config.scale_factor_spatial}x spatial, "
           f"{vae.config.scale_factor_temporal}x temporal, z_dim {vae.config.z_dim}")
 
     vae.train()

@@ -9,6 +9,7 @@ from .models import (
     REGION_GROUPS,
     AudioDynamicsEncoder,
     AudioDynamicsOutput,
+    SyncDreamerFrameAutoencoder,
     SyncDreamerTransformer3DModel,
     SyncDreamerTransformerOutput,
     SyncDreamerVisualAdapter,

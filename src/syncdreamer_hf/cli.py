@@ -11,8 +11,8 @@ from pathlib import Path
 
 from .data.preprocess import add_parser as add_preprocess_parser
 
-# The bundled tiny random-weight pipeline (in the repository checkout, next to `src/`).
-DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "pipelines" / "syncdreamer-tiny-random"
+# SyncDreamer-Tiny, trained on the synthetic avatar world (in the repository checkout, next to `src/`).
+DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "pipelines" / "syncdreamer-tiny"
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -100,13 +100,13 @@ def evaluate_synthetic(args: argparse.Namespace) -> None:
     }
 
     def generate(image, audio, prompt):
-        output = pipe(image=image, audio=audio, sample_rate=16000, prompt=prompt, fps=args.fps, height=args.size,
+        output = pipe(image=image, audio=audio, sample_rate=16000, prompt=args.prompt or prompt, fps=args.fps, height=args.size,
                       width=args.size, generator=torch.Generator("cpu").manual_seed(args.seed), **options)
         return (np.asarray(output.frames[0]) * 255).round().astype(np.uint8)
 
     results = run_synthetic_benchmark(generate, n_clips=args.clips, seconds=args.seconds, fps=args.fps,
                                       height=args.size, width=args.size, seed=args.seed)
-    results["model"], results["generation"] = args.model, {**options, "seed": args.seed}
+    results["model"], results["generation"] = args.model, {**options, "seed": args.seed, "prompt": args.prompt}
     print(format_benchmark_table(results))
     if args.output:
         Path(args.output).write_text(json.dumps(results, indent=2))
@@ -124,14 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--negative-prompt", default=None)
     gen.add_argument("--output", required=True, help="the .mp4 to write")
     gen.add_argument("--model", default=str(DEFAULT_MODEL), help="pipeline folder or Hub repo id (default: %(default)s)")
-    gen.add_argument("--num-inference-steps", type=int, default=None, help="default: the pipeline's (40)")
-    gen.add_argument("--guidance-scale", type=float, default=None, help="text guidance (default 5.0)")
-    gen.add_argument("--audio-guidance-scale", type=float, default=None, help="audio guidance (default 4.0)")
+    gen.add_argument("--num-inference-steps", type=int, default=None, help="default: the pipeline's config")
+    gen.add_argument("--guidance-scale", type=float, default=None, help="text guidance (default: the pipeline's config)")
+    gen.add_argument("--audio-guidance-scale", type=float, default=None, help="audio guidance (default: the pipeline's config)")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--fps", type=float, default=25.0)
-    gen.add_argument("--num-frames", type=int, default=None, help="4k+1 frames (default: the whole audio)")
-    gen.add_argument("--height", type=int, default=None, help="multiple of 16 (default: the pipeline's)")
-    gen.add_argument("--width", type=int, default=None, help="multiple of 16 (default: the pipeline's)")
+    gen.add_argument("--num-frames", type=int, default=None,
+                     help="sk+1 frames for the VAE's temporal compression s (4k+1 for Wan; default: the whole audio)")
+    gen.add_argument("--height", type=int, default=None, help="multiple of 16 for Wan, 8 for SyncDreamer-Tiny (default: the pipeline's)")
+    gen.add_argument("--width", type=int, default=None, help="multiple of 16 for Wan, 8 for SyncDreamer-Tiny (default: the pipeline's)")
     gen.add_argument("--enhance-prompt", action="store_true",
                      help="rewrite the prompt with the pipeline's prompt enhancer (Qwen2-VL) into a motion instruction")
     gen.add_argument("--prompt-enhancer", default=None,
@@ -151,11 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--clips", type=int, default=8, help="held-out clips (default: %(default)s)")
     synthetic.add_argument("--seconds", type=float, default=4.0, help="seconds per clip (default: %(default)s)")
     synthetic.add_argument("--fps", type=float, default=25.0)
-    synthetic.add_argument("--size", type=int, default=64, help="frame height and width, multiple of 16")
+    synthetic.add_argument("--size", type=int, default=64, help="frame height and width, multiple of 16 (8 for SyncDreamer-Tiny)")
     synthetic.add_argument("--num-inference-steps", type=int, default=None)
     synthetic.add_argument("--guidance-scale", type=float, default=None)
     synthetic.add_argument("--audio-guidance-scale", type=float, default=None)
     synthetic.add_argument("--seed", type=int, default=0)
+    synthetic.add_argument("--prompt", default=None,
+                           help="one prompt for every clip instead of its instruction prompt (ablations)")
     synthetic.add_argument("--output", default=None, help="write the full results as JSON here")
     synthetic.add_argument("--device", default="cpu")
     synthetic.add_argument("--dtype", default="float32", choices=DTYPES)

@@ -8,7 +8,8 @@ from huggingface_hub import ModelCard, ModelCardData
 TEMPLATE = Path(__file__).resolve().parents[2] / "model_cards" / "pipeline.md"
 
 
-def _count(component) -> str:
+def count_parameters(component) -> str:
+    """The parameter count of a model as "1.58 M" ("-" for a tokenizer, processor or scheduler)."""
     if not isinstance(component, torch.nn.Module):
         return "-"
     total = sum(parameter.numel() for parameter in component.parameters())
@@ -22,7 +23,7 @@ def render_model_card(pipe, title: str, summary: str, repo_id: str = "PATH_OR_RE
             "name": name,
             "library": type(component).__module__.split(".")[0],
             "class_name": type(component).__name__,
-            "parameters": _count(component),
+            "parameters": count_parameters(component),
         }
         for name, component in sorted(pipe.components.items())
     ]

@@ -8,9 +8,12 @@ Shaped like diffusers' `WanImageToVideoPipeline`. What is new:
 - guidance: separate text and audio scales. The passes that hear the audio (with the prompt, with the negative
   prompt) run as one batch; the pass without audio drops it with `audio_embeds=None`, as in training;
 - long audio: the video is generated in windows of `num_frames_per_window` frames. Window 0 knows the reference
-  image as its first latent frame; window w > 0 knows the last `num_motion_frames // 4` latent frames of window
+  image as its first latent frame; window w > 0 knows the last `num_motion_frames // s` latent frames of window
   w - 1 (carried as latents, never decoded and re-encoded) and generates the rest. The windows' latents are
   stitched into one latent sequence, decoded once, and trimmed to exactly round(duration x fps) frames.
+
+Frame counts follow the VAE's temporal compression s = `vae.config.scale_factor_temporal` (4 for Wan): windows
+have sk + 1 frames, one latent frame per s video frames after the first.
 
 Audio is encoded per window (the window's own samples through Wav2Vec2), so memory does not grow with the audio
 length; what does grow is only the stitched latents, the audio tokens and the output video itself.
@@ -43,6 +46,7 @@ from transformers.image_processing_utils import BaseImageProcessor
 
 from .media import AUDIO_SAMPLE_RATE, load_audio, load_image
 from .models.audio_dynamics import AudioDynamicsEncoder
+from .models.autoencoder_frame import SyncDreamerFrameAutoencoder
 from .models.transformer_syncdreamer import SyncDreamerTransformer3DModel
 from .models.visual_adapter import SyncDreamerVisualAdapter
 from .prompt_enhancer import SyncDreamerPromptEnhancer
@@ -95,7 +99,8 @@ class SyncDreamerPipeline(DiffusionPipeline, WanLoraLoaderMixin):
     Args:
         tokenizer ([`PreTrainedTokenizerBase`]): umT5 tokenizer.
         text_encoder ([`UMT5EncoderModel`]): umT5 encoder, `(B, L) -> (B, L, text_dim)`.
-        vae ([`AutoencoderKLWan`]): Wan 3D VAE, frames `(B, 3, F, H, W)` <-> latents `(B, 16, T, H/8, W/8)`.
+        vae ([`AutoencoderKLWan`] or [`SyncDreamerFrameAutoencoder`]): Wan 3D VAE, frames `(B, 3, F, H, W)` <->
+            latents `(B, 16, T, H/8, W/8)`; tiny CPU models use the per-frame autoencoder (T = F, H/4 x W/4).
         scheduler ([`UniPCMultistepScheduler`] or [`FlowMatchEulerDiscreteScheduler`]): flow-matching scheduler.
         image_processor ([`BaseImageProcessor`]): the image encoder's processor (e.g. `CLIPImageProcessor`).
         image_encoder ([`CLIPVisionModel`] or another transformers vision model): its `last_hidden_state`
@@ -107,11 +112,14 @@ class SyncDreamerPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         transformer ([`SyncDreamerTransformer3DModel`]): the denoiser.
         prompt_enhancer ([`SyncDreamerPromptEnhancer`], *optional*): Qwen2-VL that rewrites the prompt into a
             motion instruction grounded in the reference image (`enhance_prompt=True`).
-        num_frames_per_window (`int`, defaults to 81): default frames per window (4k + 1).
+        num_frames_per_window (`int`, defaults to 81): default frames per window (sk + 1).
         num_motion_frames (`int`, defaults to 8): default frames carried between windows, as latents (a
-            multiple of 4: each carried latent frame holds 4 video frames).
+            multiple of s: each carried latent frame holds s video frames).
         default_height (`int`, defaults to 480), default_width (`int`, defaults to 832): the output size when
             `height`/`width` are not given.
+        default_num_inference_steps (`int`, defaults to 40), default_guidance_scale (`float`, defaults to 5.0),
+        default_audio_guidance_scale (`float`, defaults to 4.0): the sampling settings when not given (a small
+            model may want other scales than a large one).
     """
 
     model_cpu_offload_seq = (
@@ -125,7 +133,7 @@ class SyncDreamerPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         self,
         tokenizer: PreTrainedTokenizerBase,
         text_encoder: UMT5EncoderModel,
-        vae: AutoencoderKLWan,
+        vae: AutoencoderKLWan | SyncDreamerFrameAutoencoder,
         scheduler: UniPCMultistepScheduler | FlowMatchEulerDiscreteScheduler,
         image_processor: BaseImageProcessor,
         image_encoder: CLIPVisionModel,
@@ -139,6 +147,9 @@ class SyncDreamerPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         num_motion_frames: int = 8,
         default_height: int = 480,
         default_width: int = 832,
+        default_num_inference_steps: int = 40,
+        default_guidance_scale: float = 5.0,
+        default_audio_guidance_scale: float = 4.0,
     ):
         super().__init__()
         self.register_modules(
@@ -160,6 +171,9 @@ class SyncDreamerPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             num_motion_frames=num_motion_frames,
             default_height=default_height,
             default_width=default_width,
+            default_num_inference_steps=default_num_inference_steps,
+            default_guidance_scale=default_guidance_scale,
+            default_audio_guidance_scale=default_audio_guidance_scale,
         )
         self.vae_scale_factor_temporal = self.vae.config.scale_factor_temporal
         self.vae_scale_factor_spatial = self.vae.config.scale_factor_spatial
@@ -251,7 +265,7 @@ class SyncDreamerPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         Args:
             waveform: `(N,)` 16 kHz mono float32, the whole driving audio.
             fps: video frame rate.
-            first_frame: the window's first video frame; the window spans `num_frames` frames (4k + 1) from it.
+            first_frame: the window's first video frame; the window spans `num_frames` frames (sk + 1) from it.
                 Samples past the end of `waveform` are silence.
         """
         start = round(first_frame / fps * AUDIO_SAMPLE_RATE)
@@ -267,7 +281,7 @@ class SyncDreamerPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         return torch.stack(hidden_states, dim=1)
 
     def encode_audio(self, waveform: np.ndarray, fps: float, first_frame: int, num_frames: int, device) -> torch.Tensor:
-        """The audio tokens of one window, `(1, T, N_tok, audio_dim)` with T = (num_frames - 1) // 4 + 1
+        """The audio tokens of one window, `(1, T, N_tok, audio_dim)` with T = (num_frames - 1) // s + 1
         (arguments as `encode_audio_hidden_states`)."""
         hidden_states = self.encode_audio_hidden_states(waveform, fps, first_frame, num_frames, device)
         return self.audio_dynamics_encoder(hidden_states.to(self.audio_dynamics_encoder.dtype), num_frames).audio_embeds
@@ -380,13 +394,21 @@ class SyncDreamerPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             raise ValueError(f"`height` and `width` must be positive multiples of {multiple}; got {height}x{width}.")
         if fps <= 0:
             raise ValueError(f"`fps` must be positive (e.g. 25); got {fps}.")
-        for name, value in (("num_frames", num_frames), ("num_frames_per_window", num_frames_per_window)):
-            if value is not None and (value < 1 or (value - 1) % self.vae_scale_factor_temporal):
-                raise ValueError(f"`{name}` must be 4k + 1 (1, 5, 9, ..., 81); got {value}.")
-        window_latents = (num_frames_per_window - 1) // self.vae_scale_factor_temporal + 1
-        if num_motion_frames % self.vae_scale_factor_temporal or not 0 < num_motion_frames // 4 < window_latents:
+        stride = self.vae_scale_factor_temporal
+        if self.audio_dynamics_encoder.config.temporal_stride != stride:
             raise ValueError(
-                f"`num_motion_frames` must be a positive multiple of 4 below `num_frames_per_window` - 1 "
+                f"The audio dynamics encoder groups {self.audio_dynamics_encoder.config.temporal_stride} frames per "
+                f"latent frame but the VAE compresses time by {stride}: set its `temporal_stride` to {stride}."
+            )
+        for name, value in (("num_frames", num_frames), ("num_frames_per_window", num_frames_per_window)):
+            if value is not None and (value < 1 or (value - 1) % stride):
+                raise ValueError(
+                    f"`{name}` must be {stride}k + 1 (1, {1 + stride}, {1 + 2 * stride}, ...); got {value}."
+                )
+        window_latents = (num_frames_per_window - 1) // stride + 1
+        if num_motion_frames % stride or not 0 < num_motion_frames // stride < window_latents:
+            raise ValueError(
+                f"`num_motion_frames` must be a positive multiple of {stride} below `num_frames_per_window` - 1 "
                 f"({num_frames_per_window - 1}); got {num_motion_frames}."
             )
         if num_inference_steps <= 0:
@@ -473,9 +495,9 @@ class SyncDreamerPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         num_frames: int | None = None,
         num_frames_per_window: int | None = None,
         num_motion_frames: int | None = None,
-        num_inference_steps: int = 40,
-        guidance_scale: float = 5.0,
-        audio_guidance_scale: float = 4.0,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        audio_guidance_scale: float | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
@@ -500,14 +522,16 @@ class SyncDreamerPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             sample_rate: the sample rate of `audio` when it is an array.
             height, width: output size, multiples of 16 (default: the pipeline's `default_height/width`).
             fps: frames per second of the output.
-            num_frames: frames to generate, 4k + 1; `None` (default): the whole audio, exactly
-                round(duration x fps) frames. Audio shorter than `num_frames` is padded with silence.
-            num_frames_per_window: frames per window (4k + 1), default from the pipeline config.
-            num_motion_frames: frames carried from one window to the next as latents (a multiple of 4), default
+            num_frames: frames to generate, sk + 1 (s: the VAE's temporal compression); `None` (default): the
+                whole audio, exactly round(duration x fps) frames. Audio shorter than `num_frames` is padded with
+                silence.
+            num_frames_per_window: frames per window (sk + 1), default from the pipeline config.
+            num_motion_frames: frames carried from one window to the next as latents (a multiple of s), default
                 from the pipeline config.
-            num_inference_steps: denoising steps per window.
-            guidance_scale: text guidance scale (1 disables it).
-            audio_guidance_scale: audio guidance scale (1 disables it). With both on, each step runs the prompt and
+            num_inference_steps: denoising steps per window (default: the config's `default_num_inference_steps`).
+            guidance_scale: text guidance scale (1 disables it; default: the config's `default_guidance_scale`).
+            audio_guidance_scale: audio guidance scale (1 disables it; default: the config's
+                `default_audio_guidance_scale`). With both on, each step runs the prompt and
                 the negative prompt with audio as one batch, then the negative prompt without audio:
                 `noise = uncond + audio_scale * (no_text - uncond) + text_scale * (cond - no_text)`.
             generator: a `torch.Generator` (or one per prompt) for deterministic noise.
@@ -526,6 +550,11 @@ class SyncDreamerPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        if num_inference_steps is None:
+            num_inference_steps = self.config.default_num_inference_steps
+        guidance_scale = self.config.default_guidance_scale if guidance_scale is None else guidance_scale
+        if audio_guidance_scale is None:
+            audio_guidance_scale = self.config.default_audio_guidance_scale
         height = height or self.config.default_height
         width = width or self.config.default_width
         num_frames_per_window = num_frames_per_window or self.config.num_frames_per_window

@@ -27,6 +27,7 @@ from transformers import (
 )
 
 from .models.audio_dynamics import AudioDynamicsEncoder
+from .models.autoencoder_frame import SyncDreamerFrameAutoencoder
 from .models.transformer_syncdreamer import SyncDreamerTransformer3DModel
 from .models.visual_adapter import SyncDreamerVisualAdapter
 
@@ -154,3 +155,12 @@ def build_tiny_components(seed: int = 0, directory: str | Path | None = None) ->
 
 # Pipeline settings that fit the tiny components: 32x32 video (2x2 latent tokens), 9-frame windows.
 TINY_PIPELINE_CONFIG = {"num_frames_per_window": 9, "num_motion_frames": 4, "default_height": 32, "default_width": 32}
+
+
+def load_vae(path: str | Path) -> AutoencoderKLWan | SyncDreamerFrameAutoencoder:
+    """A saved VAE of either class the pipeline takes, chosen by the `_class_name` of its config."""
+    classes = {cls.__name__: cls for cls in (AutoencoderKLWan, SyncDreamerFrameAutoencoder)}
+    name = AutoencoderKLWan.load_config(path)["_class_name"]
+    if name not in classes:
+        raise ValueError(f"{path} holds a {name}; expected one of {sorted(classes)}.")
+    return classes[name].from_pretrained(path)

@@ -8,7 +8,8 @@ CACHE_DIR/
   done/<clip>.json             the clip is finished (or failed), with the source file's size and mtime
 ```
 
-A window file holds, for F = 4k + 1 frames, T = (F - 1) / 4 + 1 latent frames, h = H / 8, w = W / 8:
+A window file holds, for F = sk + 1 frames (s: the VAE's temporal compression, 4 for Wan), T = (F - 1) / s + 1
+latent frames, h = H / 8, w = W / 8 (for Wan's 8x spatial compression):
 
 - `latents (16, T, h, w)`: normalised VAE latents (mode of the posterior), as the pipeline normalises them;
   latent frame 0 is the reference frame (the Wan VAE is causal: it equals the pipeline's `encode_reference`);

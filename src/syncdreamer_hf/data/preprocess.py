@@ -1,7 +1,7 @@
 """`syncdreamer preprocess DATASET_DIR --model PIPELINE --output CACHE_DIR`: a clip folder -> latent cache.
 
 For each clip of a clip dataset (see `clip_dataset.py`): decode the video (PyAV) and resample it to `--fps`,
-resize and centre-crop to `--height` x `--width`, cut windows of `--num-frames` = 4k + 1 frames, and cache per
+resize and centre-crop to `--height` x `--width`, cut windows of `--num-frames` = sk + 1 frames (s: the VAE's temporal compression, 4 for Wan), and cache per
 window what training needs (see `latent_cache.py`): VAE latents, umT5 embeddings of the caption (and once, of
 the empty prompt), the Wav2Vec2 hidden states of the window's audio, the image-encoder states of the reference
 (first) frame, and the region masks at the transformer's token grid.
@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, help="cache folder to write (resumable)")
     parser.add_argument("--height", type=int, default=480, help="multiple of 16 (default: %(default)s)")
     parser.add_argument("--width", type=int, default=832, help="multiple of 16 (default: %(default)s)")
-    parser.add_argument("--num-frames", type=int, default=81, help="frames per window, 4k+1 (default: %(default)s)")
+    parser.add_argument("--num-frames", type=int, default=81, help="frames per window, 4k+1 for Wan's VAE (default: %(default)s)")
     parser.add_argument("--fps", type=float, default=25.0, help="clips are resampled to this rate (default: %(default)s)")
     parser.add_argument("--window-stride", type=int, default=None, help="frames between window starts (default: --num-frames)")
     parser.add_argument("--max-windows-per-clip", type=int, default=None)
@@ -108,13 +108,14 @@ def resize_and_crop(masks: torch.Tensor, height: int, width: int) -> torch.Tenso
     return masks[..., top : top + height, left : left + width]
 
 
-def masks_to_token_grid(masks: torch.Tensor, token_grid: tuple[int, int, int]) -> torch.Tensor:
+def masks_to_token_grid(masks: torch.Tensor, token_grid: tuple[int, int, int], temporal_stride: int = 4) -> torch.Tensor:
     """`(R, F, H, W)` pixel masks -> `(R, T, h_tok, w_tok)` uint8: 1 where the region touches the token's pixels in
-    any video frame of the latent frame (latent frame 0 = frame 0, latent frame j = frames 4j-3..4j)."""
+    any video frame of the latent frame (latent frame 0 = frame 0, latent frame j = frames sj-s+1..sj for the VAE's
+    temporal compression s = `temporal_stride`)."""
     num_latent_frames, token_height, token_width = token_grid
     masks = masks.float()
-    padded = torch.cat([masks[:, :1].expand(-1, 3, -1, -1), masks], dim=1)  # (R, 4T, H, W)
-    kernel = (4, masks.shape[2] // token_height, masks.shape[3] // token_width)
+    padded = torch.cat([masks[:, :1].expand(-1, temporal_stride - 1, -1, -1), masks], dim=1)  # (R, sT, H, W)
+    kernel = (temporal_stride, masks.shape[2] // token_height, masks.shape[3] // token_width)
     pooled = F.max_pool3d(padded.unsqueeze(0), kernel_size=kernel, stride=kernel)[0]
     return (pooled[:, :num_latent_frames] > 0).to(torch.uint8)
 
@@ -191,7 +192,8 @@ def process_clip(pipe, record: dict, settings: dict, output_dir: Path) -> list[s
     prompt_embeds = caption_embeds(pipe, caption, settings["max_sequence_length"])
     patch_size = pipe.transformer.config.patch_size
     scale = pipe.vae_scale_factor_spatial
-    token_grid = ((num_frames - 1) // 4 + 1, height // scale // patch_size[1], width // scale // patch_size[2])
+    stride = pipe.vae_scale_factor_temporal
+    token_grid = ((num_frames - 1) // stride + 1, height // scale // patch_size[1], width // scale // patch_size[2])
     stem = Path(record["file_name"]).with_suffix("").as_posix().replace("/", "__")
     written = []
     for window_index, start in enumerate(starts):
@@ -204,7 +206,7 @@ def process_clip(pipe, record: dict, settings: dict, output_dir: Path) -> list[s
             "audio_hidden_states": pipe.encode_audio_hidden_states(waveform, fps, int(start), num_frames, pipe.device)[0],
         }
         if region_masks is not None:
-            tensors["region_masks"] = masks_to_token_grid(region_masks[:, start : start + num_frames], token_grid)
+            tensors["region_masks"] = masks_to_token_grid(region_masks[:, start : start + num_frames], token_grid, stride)
         name = f"{stem}_w{window_index:03d}.safetensors"
         metadata = {"caption": caption, "file_name": record["file_name"], "first_frame": str(int(start))}
         tensors = {key: value if key == "region_masks" else value.float() for key, value in tensors.items()}
@@ -243,8 +245,8 @@ def preprocess_dataset(
 
     if height % 16 or width % 16 or height <= 0 or width <= 0:
         raise ValueError(f"--height and --width must be positive multiples of 16; got {height}x{width}.")
-    if num_frames < 1 or (num_frames - 1) % 4:
-        raise ValueError(f"--num-frames must be 4k + 1 (5, 9, ..., 81); got {num_frames}.")
+    if num_frames < 1:
+        raise ValueError(f"--num-frames must be positive; got {num_frames}.")
     if fps <= 0:
         raise ValueError(f"--fps must be positive; got {fps}.")
     records = load_clip_metadata(dataset_dir)
@@ -276,6 +278,9 @@ def preprocess_dataset(
 
     with torch.no_grad():
         pipe = pipe if pipe is not None else load_pipeline(str(model), device, dtype)
+        stride = pipe.vae_scale_factor_temporal
+        if (num_frames - 1) % stride:
+            raise ValueError(f"--num-frames must be {stride}k + 1 for this VAE ({1 + stride}, ...); got {num_frames}.")
         if not info_path.is_file():
             atomic_save_json({**settings, "patch_size": list(pipe.transformer.config.patch_size)}, info_path)
         if not (output_dir / EMPTY_PROMPT_FILE).is_file():

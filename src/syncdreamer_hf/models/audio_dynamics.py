@@ -3,7 +3,8 @@
 Per video frame t it computes an expressivity weight w_t in [0, 1] from the frames t-k..t+k (k = 3) and
 re-weights the frame features, A~_t = w_t A_t, so that beats, loudness peaks and emotional transitions drive
 the face more than flat or silent stretches. The weighted frames are grouped per latent frame of the 3D VAE
-(frame 0 alone, then 4 frames each, plus a few context frames) and projected to the transformer's audio tokens.
+(frame 0 alone, then `temporal_stride` frames each, plus a few context frames) and projected to the
+transformer's audio tokens.
 """
 
 from dataclasses import dataclass
@@ -15,15 +16,11 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 
-# Frames per latent frame of the Wan VAE (temporal compression 4; latent frame 0 is video frame 0 alone).
-VAE_TEMPORAL_STRIDE = 4
-
-
 @dataclass
 class AudioDynamicsOutput(BaseOutput):
     """
     Args:
-        audio_embeds (`(B, T, N_tok, audio_dim)`): audio tokens per latent frame, T = (F - 1) // 4 + 1.
+        audio_embeds (`(B, T, N_tok, audio_dim)`): audio tokens per latent frame, T = (F - 1) // temporal_stride + 1.
         expressivity (`(B, F)`): the per-frame expressivity weights w_t in [0, 1].
     """
 
@@ -39,10 +36,12 @@ class AudioDynamicsEncoder(ModelMixin, ConfigMixin):
             wav2vec2-base); they are mixed with learned softmax weights.
         hidden_dim (`int`, defaults to `512`): width of the per-frame features A.
         window_radius (`int`, defaults to `3`): k, the expressivity weight of frame t sees frames t-k..t+k.
-        context_frames (`int`, defaults to `2`): extra video frames on each side of a latent frame's 4 frames.
+        context_frames (`int`, defaults to `2`): extra video frames on each side of a latent frame's frames.
         tokens_per_latent_frame (`int`, defaults to `32`): N_tok.
         audio_dim (`int`, defaults to `768`): width of the output audio tokens.
         use_expressivity (`bool`, defaults to `True`): `False` fixes w_t = 1 (the ablation without dynamics).
+        temporal_stride (`int`, defaults to `4`): video frames per latent frame, the VAE's temporal compression
+            (`vae.config.scale_factor_temporal`; 4 for Wan; latent frame 0 is video frame 0 alone).
     """
 
     @register_to_config
@@ -56,6 +55,7 @@ class AudioDynamicsEncoder(ModelMixin, ConfigMixin):
         tokens_per_latent_frame: int = 32,
         audio_dim: int = 768,
         use_expressivity: bool = True,
+        temporal_stride: int = 4,
     ):
         super().__init__()
         self.layer_weights = nn.Parameter(torch.zeros(num_audio_layers))
@@ -70,7 +70,7 @@ class AudioDynamicsEncoder(ModelMixin, ConfigMixin):
             if use_expressivity
             else None
         )
-        frames_per_token_group = VAE_TEMPORAL_STRIDE + 2 * context_frames
+        frames_per_token_group = temporal_stride + 2 * context_frames
         self.token_proj = nn.Sequential(
             nn.Linear(frames_per_token_group * hidden_dim, hidden_dim),
             nn.GELU(approximate="tanh"),
@@ -86,27 +86,29 @@ class AudioDynamicsEncoder(ModelMixin, ConfigMixin):
         return torch.sigmoid(self.expressivity_net(padded)).squeeze(1)
 
     def group_latent_frames(self, frame_features: torch.Tensor) -> torch.Tensor:
-        """`(B, F, C)` -> `(B, T, (4 + 2c) * C)`: latent frame j gets frames 4j-3-c .. 4j+c (clamped to the clip)."""
+        """`(B, F, C)` -> `(B, T, (s + 2c) * C)`: latent frame j gets frames sj-s+1-c .. sj+c (clamped to the clip),
+        s = `temporal_stride`."""
         c = self.config.context_frames
-        stride = VAE_TEMPORAL_STRIDE
+        stride = self.config.temporal_stride
         first, last = frame_features[:, :1], frame_features[:, -1:]
         padded = torch.cat(
             [first.expand(-1, stride - 1 + c, -1), frame_features, last.expand(-1, c, -1)], dim=1
-        )  # (B, 4T + 2c, C)
-        windows = padded.unfold(1, stride + 2 * c, stride)  # (B, T, C, 4 + 2c)
+        )  # (B, sT + 2c, C)
+        windows = padded.unfold(1, stride + 2 * c, stride)  # (B, T, C, s + 2c)
         return windows.transpose(2, 3).flatten(2)
 
     def forward(self, audio_hidden_states: torch.Tensor, num_frames: int, return_dict: bool = True):
         """
         Args:
             audio_hidden_states (`(B, L, N_a, D)`): all Wav2Vec2 hidden states of the window's audio (50 Hz).
-            num_frames (`int`): F, the number of video frames (4k + 1) the audio spans.
+            num_frames (`int`): F, the number of video frames (sk + 1, s = `temporal_stride`) the audio spans.
 
         Returns:
             [`AudioDynamicsOutput`] with `audio_embeds (B, T, N_tok, audio_dim)` and `expressivity (B, F)`.
         """
-        if num_frames < 1 or (num_frames - 1) % VAE_TEMPORAL_STRIDE:
-            raise ValueError(f"num_frames must be 4k + 1 (1, 5, 9, ...), got {num_frames}.")
+        stride = self.config.temporal_stride
+        if num_frames < 1 or (num_frames - 1) % stride:
+            raise ValueError(f"num_frames must be {stride}k + 1 (1, {1 + stride}, {1 + 2 * stride}, ...), got {num_frames}.")
         layer_weights = self.layer_weights.softmax(dim=0).to(audio_hidden_states.dtype)
         features = torch.einsum("l,blnd->bnd", layer_weights, audio_hidden_states)  # (B, N_a, D)
         features = F.interpolate(features.transpose(1, 2), size=num_frames, mode="linear", align_corners=False)

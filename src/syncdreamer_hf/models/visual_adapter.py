@@ -34,6 +34,9 @@ class SyncDreamerVisualAdapter(ModelMixin, ConfigMixin):
         identity_dim (`int`, defaults to `1024`): width of the output identity tokens.
         query_regions (`list[str]`, *optional*): the region group of each query, one of `REGION_GROUPS`;
             defaults to `default_query_regions(num_queries)`.
+        raw_image_tokens (`bool`, defaults to `False`): the ablation without the adapter: no queries; the identity
+            tokens are the image tokens, normalised and projected, `(B, N_img, identity_dim)`. They have no
+            region (`query_regions` is empty), so the localization loss is zero.
     """
 
     _supports_gradient_checkpointing = False
@@ -48,8 +51,14 @@ class SyncDreamerVisualAdapter(ModelMixin, ConfigMixin):
         num_attention_heads: int = 12,
         identity_dim: int = 1024,
         query_regions: list[str] | None = None,
+        raw_image_tokens: bool = False,
     ):
         super().__init__()
+        self.norm_in = nn.LayerNorm(image_embed_dim)
+        if raw_image_tokens:
+            self.register_to_config(num_queries=0, query_regions=[])
+            self.proj_out = nn.Linear(image_embed_dim, identity_dim)
+            return
         if hidden_dim % num_attention_heads:
             raise ValueError(f"hidden_dim={hidden_dim} must be divisible by num_attention_heads={num_attention_heads}.")
         query_regions = list(query_regions) if query_regions is not None else default_query_regions(num_queries)
@@ -62,7 +71,6 @@ class SyncDreamerVisualAdapter(ModelMixin, ConfigMixin):
         self.register_to_config(query_regions=query_regions)
 
         self.queries = nn.Parameter(torch.randn(1, num_queries, hidden_dim) * hidden_dim**-0.5)
-        self.norm_in = nn.LayerNorm(image_embed_dim)
         self.layers = nn.ModuleList(
             [
                 BasicTransformerBlock(
@@ -89,9 +97,12 @@ class SyncDreamerVisualAdapter(ModelMixin, ConfigMixin):
             image_embeds (`(B, N_img, image_embed_dim)`): image-encoder hidden states of the reference image.
 
         Returns:
-            `(B, K, identity_dim)` identity tokens, in the order of `config.query_regions`.
+            `(B, K, identity_dim)` identity tokens, in the order of `config.query_regions` (with
+            `raw_image_tokens`: `(B, N_img, identity_dim)`).
         """
         image_embeds = self.norm_in(image_embeds)
+        if self.config.raw_image_tokens:
+            return self.proj_out(image_embeds)
         queries = self.queries.expand(image_embeds.shape[0], -1, -1).to(image_embeds.dtype)  # (B, K, hidden_dim)
         for layer in self.layers:
             queries = layer(queries, encoder_hidden_states=image_embeds)
