@@ -238,8 +238,9 @@ def frame_by_frame_pipeline(audio_stride: int) -> SyncDreamerPipeline:
     components = build_tiny_components(seed=0)
     components["vae"] = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                                          temperal_downsample=[False, False, False], scale_factor_temporal=1)
-    config = {k: v for k, v in components["audio_dynamics_encoder"].config.items() if not k.startswith("_")}
-    components["audio_dynamics_encoder"] = AudioDynamicsEncoder(**{**config, "temporal_stride": audio_stride})
+    components["audio_dynamics_encoder"] = AudioDynamicsEncoder.from_config(
+        components["audio_dynamics_encoder"].config, temporal_stride=audio_stride
+    )
     pipe = SyncDreamerPipeline(**components, **{**TINY_PIPELINE_CONFIG, "num_frames_per_window": 5,
                                                 "num_motion_frames": 2})
     pipe.set_progress_bar_config(disable=True)

@@ -71,10 +71,8 @@ def variant_pipeline(init_dir: Path, row_dir: Path, component: str, changes: dic
     temporary = target.with_name(target.name + ".tmp")
     shutil.rmtree(temporary, ignore_errors=True)
     shutil.copytree(init_dir, temporary)
-    config = {key: value for key, value in classes[component].load_config(init_dir / component).items()
-              if not key.startswith("_")}
     torch.manual_seed(seed)
-    module = classes[component](**{**config, **changes})
+    module = classes[component].from_config(classes[component].load_config(init_dir / component), **changes)
     shutil.rmtree(temporary / component)
     module.save_pretrained(temporary / component)
     temporary.rename(target)
@@ -123,10 +121,6 @@ def markdown_table(rows: list[dict], args, build_args) -> str:
     return "\n".join(lines)
 
 
-def argv_used(argv) -> list[str]:
-    return list(sys.argv[1:] if argv is None else argv)
-
-
 def write_card_section(card: Path, table: str, command: str) -> None:
     """Replaces the card's `## Ablation` section (from its heading to the end) with the table and its command."""
     text = card.read_text(encoding="utf-8")
@@ -164,7 +158,8 @@ def main(argv=None):
     table = markdown_table(rows, args, build_args)
     (work_dir / "ablation.md").write_text(table + "\n")
     if args.card:
-        write_card_section(Path(args.card), table, shlex.join(["python", "training_scripts/ablate.py", *argv_used(argv)]))
+        used = sys.argv[1:] if argv is None else argv
+        write_card_section(Path(args.card), table, shlex.join(["python", "training_scripts/ablate.py", *used]))
     print(table)
     return rows
 
