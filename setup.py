@@ -1,4 +1,12 @@
+import shutil
+from pathlib import Path
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+# The default model of `syncdreamer generate`: the repository keeps one copy, in `pipelines/`; a built wheel ships a
+# copy of whatever is there at build time as package data (`syncdreamer_hf/pipelines/syncdreamer-tiny`).
+BUNDLED_MODEL = Path("pipelines") / "syncdreamer-tiny"
 
 # torch is deliberately unpinned beyond a floor: on CPU machines install `torch==2.13.0` first (see README).
 # torchaudio / torchvision are never required: audio and video go through PyAV.
@@ -13,14 +21,33 @@ install_requires = [
     "numpy",
     "pillow",
     "tqdm",
+    "jinja2",
 ]
 extras = {
-    "train": ["peft>=0.21.2", "datasets>=5.2", "tensorboard"],
+    # matplotlib: the drift plot of training_scripts/plot_drift.py
+    "train": ["peft>=0.21.2", "datasets>=5.2", "tensorboard", "matplotlib"],
     "enhancer": ["peft>=0.21.2", "trl>=1.16,<2", "datasets>=5.2"],
-    "demo": ["gradio"],
+    "demo": ["gradio>=6"],
     "gpu-audio": ["torchaudio"],
 }
-extras["test"] = sorted(set(extras["train"] + extras["enhancer"] + ["pytest>=8", "pytest-timeout"]))
+# the demo's browser test drives Debian's chromium (apt-get) with playwright's Python package
+extras["test"] = sorted(
+    set(extras["train"] + extras["enhancer"] + extras["demo"])
+    | {"pytest>=8", "pytest-timeout", "ruff>=0.17", "playwright"}
+)
+
+
+class BuildPyWithBundledModel(build_py):
+    """Copies `pipelines/syncdreamer-tiny` into the built package. An editable install skips it: the package
+    then finds the model in the checkout."""
+
+    def run(self):
+        super().run()
+        if not self.editable_mode:
+            target = Path(self.build_lib) / "syncdreamer_hf" / BUNDLED_MODEL
+            shutil.rmtree(target, ignore_errors=True)  # a stale copy from an earlier build
+            shutil.copytree(BUNDLED_MODEL, target)
+
 
 setup(
     name="syncdreamer_hf",
@@ -30,6 +57,8 @@ setup(
     long_description_content_type="text/markdown",
     package_dir={"": "src"},
     packages=find_packages("src"),
+    package_data={"syncdreamer_hf": ["model_card_templates/*.md"]},
+    cmdclass={"build_py": BuildPyWithBundledModel},
     python_requires=">=3.10",
     install_requires=install_requires,
     extras_require=extras,

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from syncdreamer_hf.data.clip_dataset import REGION_NAMES
+from syncdreamer_hf.regions import REGION_NAMES
 from syncdreamer_hf.data.latent_cache import (
     CACHE_FORMAT_VERSION,
     CACHE_INFO_FILE,
@@ -28,10 +28,14 @@ def save_tiny_pipeline(directory: Path, seed: int = 0) -> Path:
     return Path(directory)
 
 
-def write_random_cache(cache_dir: Path, num_windows: int = 4, seed: int = 0, with_masks: bool = True) -> Path:
+def write_random_cache(
+    cache_dir: Path, num_windows: int = 4, seed: int = 0, with_masks: bool = True, with_reference: bool = True
+) -> Path:
     """A latent cache in the exact format `syncdreamer preprocess` writes, with random tensors; the mouth mask
-    covers the lower token row, the eyes the upper, hands nothing."""
+    covers the lower token row, the eyes the upper, hands nothing. `with_reference=False`: a cache written before
+    `reference_latents` existed."""
     generator = torch.Generator().manual_seed(seed)
+    reference_generator = torch.Generator().manual_seed(seed + 1)
     cache_dir = Path(cache_dir)
     (cache_dir / WINDOWS_DIR).mkdir(parents=True, exist_ok=True)
     info = {
@@ -48,6 +52,8 @@ def write_random_cache(cache_dir: Path, num_windows: int = 4, seed: int = 0, wit
             "image_embeds": torch.randn(IMAGE_TOKENS, IMAGE_DIM, generator=generator),
             "audio_hidden_states": torch.randn(AUDIO_LAYERS, AUDIO_STEPS, AUDIO_DIM, generator=generator),
         }
+        if with_reference:
+            tensors["reference_latents"] = torch.randn(16, 1, 4, 4, generator=reference_generator)
         if with_masks:
             masks = torch.zeros(len(REGION_NAMES), 3, 2, 2, dtype=torch.uint8)
             masks[REGION_NAMES.index("eyes"), :, 0] = 1

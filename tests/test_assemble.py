@@ -1,4 +1,4 @@
-"""training_scripts/assemble_pipeline.py on tiny local stand-ins of Wan2.1-T2V-Diffusers, wav2vec2 and CLIP."""
+"""scripts/convert_wan_to_syncdreamer.py on tiny local stand-ins of Wan2.1-T2V-Diffusers, wav2vec2 and CLIP."""
 
 from pathlib import Path
 
@@ -32,7 +32,7 @@ def save_stand_ins(root: Path) -> tuple[str, str, str]:
 
 def test_assembled_pipeline_keeps_wan_weights_runs_and_round_trips(tmp_path):
     wan, wav2vec2, clip = save_stand_ins(tmp_path)
-    pipe = load_script("assemble_pipeline").assemble_pipeline(
+    pipe = load_script("scripts/convert_wan_to_syncdreamer").assemble_pipeline(
         wan, wav2vec2, clip, identity_dim=IDENTITY_DIM, audio_dim=AUDIO_DIM, **TINY_PIPELINE_CONFIG
     )
     wan_transformer = WanTransformer3DModel.from_pretrained(wan, subfolder="transformer")

@@ -97,3 +97,23 @@ def test_ablation_rows_share_the_build_and_write_one_table(built, tmp_path):
     # a rerun trains and evaluates nothing again
     mtime = (tmp_path / "full" / "eval.json").stat().st_mtime
     assert ablate.main(argv) == rows and (tmp_path / "full" / "eval.json").stat().st_mtime == mtime
+
+
+def test_ablation_seeds_and_the_no_sink_row(built, tmp_path):
+    root, _, _ = built
+    ablate = load_script("ablate")
+    argv = ["--build_dir", str(root / "work"), "--work_dir", str(tmp_path), "--max_train_steps", "1",
+            "--rows", "no_reference_sink", "--seeds", "0", "1", "--eval_clips", "1", "--eval_seconds", "0.2",
+            "--eval_steps", "1", "--no_swapped_audio"]
+    rows = ablate.main(argv)
+    assert [(row["row"], row["seed"]) for row in rows] == [("no_reference_sink", 0), ("no_reference_sink", 1)]
+    assert all("--reference_sink" not in row["train_command"] and "--no-swapped-audio" in row["eval_command"]
+               for row in rows)
+    assert "--seed 1" in rows[1]["train_command"]
+    for seed in (0, 1):  # the trained row's pipeline keeps the row's window condition
+        saved = SyncDreamerPipeline.load_config(tmp_path / f"no_reference_sink-seed{seed}" / "train")
+        assert saved["reference_sink"] is False
+    assert SyncDreamerPipeline.load_config(root / "work" / "init_pipeline")["reference_sink"] is True
+    table = (tmp_path / "ablation.md").read_text()
+    line = next(line for line in table.splitlines() if line.startswith("| no_reference_sink"))
+    assert line.count("..") >= 1 and table.count("\n| ") == 2  # one line for both seeds: mean (min..max)

@@ -13,8 +13,9 @@ from syncdreamer_hf.losses import (
     region_weighted_flow_matching_loss,
     sample_flow_sigmas,
 )
+from syncdreamer_hf.regions import REGION_NAMES
 
-REGIONS = ("eyes", "mouth", "hair", "jaw", "hands")
+REGIONS = REGION_NAMES
 
 
 def token_masks(regions_of_tokens: dict[str, list[int]], grid=(1, 2, 2)) -> torch.Tensor:
@@ -68,7 +69,7 @@ def test_localization_loss_sends_gradients_to_the_visual_adapter():
         num_attention_heads=2, attention_head_dim=8, in_channels=36, text_dim=8, freq_dim=16, ffn_dim=16,
         num_layers=3, rope_max_seq_len=32, identity_dim=8, audio_dim=8,
     )
-    identity_embeds = adapter(torch.randn(1, 5, 8))
+    identity_embeds = adapter(torch.randn(1, 5, 8)).identity_embeds
     output = transformer(
         torch.randn(1, 36, 2, 4, 4), torch.tensor([500.0]), torch.randn(1, 3, 8), identity_embeds=identity_embeds,
         return_identity_attention=True,

@@ -10,7 +10,6 @@ from peft import LoraConfig
 
 from syncdreamer_hf import AudioDynamicsEncoder, SyncDreamerTransformer3DModel, SyncDreamerVisualAdapter
 from syncdreamer_hf.losses import attention_localization_loss
-from syncdreamer_hf.models.transformer_syncdreamer import NEW_BRANCH_MODULES
 
 WAN_TINY = dict(
     patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
@@ -150,11 +149,36 @@ def test_gradients_reach_every_new_parameter(model):
     randomize_new_branches(model)
     model.train()
     model(**make_inputs()).sample.square().mean().backward()
-    new_params = [(n, p) for n, p in model.named_parameters() if any(part in NEW_BRANCH_MODULES for part in n.split("."))]
+    new_params = model.new_branch_parameters()
     assert len(new_params) > 0
-    for name, param in new_params:
-        assert param.grad is not None and param.grad.abs().sum() > 0, name
+    for param in new_params:
+        assert param.grad is not None and param.grad.abs().sum() > 0
 
+
+def test_the_model_names_its_new_and_audio_branches_and_wan_owns_the_rest(model, wan):
+    new, audio = {id(p) for p in model.new_branch_parameters()}, {id(p) for p in model.audio_branch_parameters()}
+    new_names = {name for name, p in model.named_parameters() if id(p) in new}
+    wan_names = {name for name, _ in wan.named_parameters()}
+    # every parameter is either Wan's or new
+    assert new_names and not new_names & wan_names
+    assert {name for name, _ in model.named_parameters()} - new_names == wan_names
+    assert audio < new
+    assert all(("audio" in name) == (id(p) in audio) for name, p in model.named_parameters() if name in new_names)
+
+
+def test_new_branch_state_dict_round_trips_and_rejects_another_model(model, wan):
+    randomize_new_branches(model)
+    state = model.new_branch_state_dict()
+    assert state and all(not tensor.requires_grad for tensor in state.values())
+    fresh = SyncDreamerTransformer3DModel.from_wan(wan, identity_dim=IDENTITY_DIM, audio_dim=AUDIO_DIM)
+    fresh.load_new_branch_state_dict(state)
+    inputs = make_inputs()
+    torch.testing.assert_close(fresh(**inputs).sample, model(**inputs).sample, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="do not fit"):
+        fresh.load_new_branch_state_dict({**state, "blocks.99.attn_audio.to_q.weight": torch.zeros(1)})
+    # LoRA layers from peft never enter the new branches
+    fresh.add_adapter(LoraConfig(r=2, target_modules=fresh.lora_target_modules))
+    assert fresh.new_branch_state_dict().keys() == state.keys()
 
 def test_identity_attention_loss_reaches_identity_embeds(model):
     randomize_new_branches(model)
@@ -191,7 +215,7 @@ def test_save_load_round_trip_of_all_three_models(tmp_path, model):
     image_tokens, audio_states, inputs = torch.randn(B, 10, 24), torch.randn(B, 3, 30, 12), make_inputs()
     outputs = {
         SyncDreamerTransformer3DModel: lambda m: m(**inputs).sample,
-        SyncDreamerVisualAdapter: lambda m: m(image_tokens),
+        SyncDreamerVisualAdapter: lambda m: m(image_tokens).identity_embeds,
         AudioDynamicsEncoder: lambda m: m(audio_states, 9).audio_embeds,
     }
     for module in (model, adapter, encoder):
@@ -259,7 +283,7 @@ def test_audio_embeds_must_match_latent_frames(model):
 def test_visual_adapter_shapes_and_regions():
     adapter = SyncDreamerVisualAdapter(image_embed_dim=24, num_queries=32, hidden_dim=16, num_layers=1,
                                        num_attention_heads=2, identity_dim=8)
-    assert adapter(torch.randn(3, 7, 24)).shape == (3, 32, 8)
+    assert adapter(torch.randn(3, 7, 24)).identity_embeds.shape == (3, 32, 8)
     regions = adapter.config.query_regions
     assert len(regions) == 32 and regions.count("mouth") == 5 and regions.count("global") == 7
     assert adapter.region_index("mouth").tolist() == [i for i, r in enumerate(regions) if r == "mouth"]
@@ -334,7 +358,7 @@ def test_temporal_stride_1_gives_one_token_group_per_video_frame():
 def test_visual_adapter_raw_image_tokens_ablation(tmp_path):
     adapter = SyncDreamerVisualAdapter(image_embed_dim=24, num_queries=32, identity_dim=8, raw_image_tokens=True)
     image_embeds = torch.randn(2, 7, 24)
-    tokens = adapter(image_embeds)
+    tokens = adapter(image_embeds).identity_embeds
     assert tokens.shape == (2, 7, 8)  # one identity token per image token, no queries
     assert adapter.config.query_regions == [] and not hasattr(adapter, "queries")
     # no region queries: the localization loss has nothing to localize
@@ -343,7 +367,7 @@ def test_visual_adapter_raw_image_tokens_ablation(tmp_path):
     assert attention_localization_loss(attention, masks, ["mouth"], adapter.config.query_regions) == 0
     adapter.save_pretrained(tmp_path)
     loaded = SyncDreamerVisualAdapter.from_pretrained(tmp_path)
-    torch.testing.assert_close(loaded(image_embeds), tokens)
+    torch.testing.assert_close(loaded(image_embeds).identity_embeds, tokens)
 
 
 REAL_CONFIGS = {
@@ -359,7 +383,7 @@ def test_real_sized_configs_instantiate_on_meta(name):
     with torch.device("meta"):
         ours = SyncDreamerTransformer3DModel(**config, text_dim=4096, identity_dim=1024, audio_dim=768)
         wan = WanTransformer3DModel(**config, text_dim=4096, in_channels=16)
-    new = sum(p.numel() for n, p in ours.named_parameters() if any(x in NEW_BRANCH_MODULES for x in n.split(".")))
+    new = sum(p.numel() for p in ours.new_branch_parameters())
     base = sum(p.numel() for p in ours.parameters()) - new
     wan_count = sum(p.numel() for p in wan.parameters())
     # the base is Wan's, with the patch embedding widened from 16 to 36 input channels

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from _training_fixtures import save_tiny_pipeline
-from syncdreamer_hf.data.latent_cache import CachedWindowDataset, collate_windows
+from syncdreamer_hf.data.latent_cache import CACHE_INFO_FILE, CachedWindowDataset, collate_windows
 from syncdreamer_hf.data.preprocess import (
     main,
     masks_to_token_grid,
@@ -114,3 +114,25 @@ def test_cache_loads_for_training(cache):
     batch = collate_windows([dataset[0], dataset[3]], 16, 5)
     assert batch["prompt_embeds"].shape == (2, 16, 32) and batch["region_masks"].shape == (2, 5, 3, 2, 2)
     assert batch["audio_hidden_states"].shape[:2] == (2, 3) and batch["has_masks"].tolist() == [1.0, 1.0]
+
+
+def test_only_the_encoders_are_loaded_and_the_patch_size_comes_from_the_config(clips, pipeline_dir, cache, tmp_path):
+    """A pipeline folder without the weights of the transformer, the visual adapter and the audio dynamics encoder
+    (their configs kept) preprocesses to the same cache: those models are never loaded."""
+    import shutil
+
+    encoders_only = tmp_path / "encoders-only"
+    shutil.copytree(pipeline_dir, encoders_only)
+    for name in ("transformer", "visual_adapter", "audio_dynamics_encoder"):
+        for weights in (encoders_only / name).glob("*.safetensors"):
+            weights.unlink()
+    config = json.loads((encoders_only / "transformer" / "config.json").read_text())
+    output = tmp_path / "cache"
+    assert main([str(clips), "--model", str(encoders_only), "--output", str(output), *SETTINGS]) == 0
+    info = json.loads((output / CACHE_INFO_FILE).read_text())
+    assert info["patch_size"] == config["patch_size"] == json.loads((cache / CACHE_INFO_FILE).read_text())["patch_size"]
+    for name in ("clip_00000_w000.safetensors", "clip_00002_w001.safetensors"):
+        expected, actual = load_file(cache / "windows" / name), load_file(output / "windows" / name)
+        assert expected.keys() == actual.keys()
+        for key in expected:
+            torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=0)

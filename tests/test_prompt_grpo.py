@@ -11,7 +11,7 @@ from syncdreamer_hf.prompt_enhancer.tiny import build_tiny_qwen2_vl, build_toy_d
 from _scripts import load_script
 
 GRPO_ARGS = (
-    "--use_cpu --seed 0 --sft_steps 0 --grpo_steps 60 --learning_rate 5e-2 --num_generations 8 "
+    "--use_cpu --seed 0 --sft_steps 0 --grpo_steps 120 --learning_rate 5e-2 --num_generations 8 "
     "--per_device_batch_size 16 --max_completion_length 16 --lora_rank 8 --lora_alpha 16 --fluency_weight 0"
 )
 

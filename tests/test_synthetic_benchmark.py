@@ -103,6 +103,35 @@ def test_drifting_colours_show_as_drift(cases):
     results = run_synthetic_benchmark(fading, swapped_audio=False, **SETTINGS)
     windows = results["identity_colour_error_per_window"]
     assert windows == sorted(windows) and results["identity_colour_drift"] > 15 / 255
+    # 40 levels over 3 s, about a third of it in the colour error: a slope of a few levels per second
+    assert 2 / 255 < results["identity_colour_slope_per_second"] < 14 / 255
+    truth_results = run_synthetic_benchmark(truth, swapped_audio=False, **SETTINGS)
+    assert abs(truth_results["identity_colour_slope_per_second"]) < 0.5 / 255
+
+
+def test_lip_sync_per_window_drops_where_the_mouth_stops_following(cases):
+    truth = render_ground_truth_generator(cases)
+
+    def frozen_after_one_second(image, audio, prompt):
+        frames = truth(image, audio, prompt)
+        return np.concatenate([frames[:25], np.repeat(frames[24:25], len(frames) - 25, axis=0)])
+
+    results = run_synthetic_benchmark(frozen_after_one_second, swapped_audio=False, **SETTINGS)
+    first, *later = results["lip_sync_r_per_window"]
+    assert len(later) == 2 and first > 0.8 and all(abs(r) < 0.2 for r in later)
+
+
+def test_recordings_replace_the_synthetic_speech():
+    recording = np.sin(np.arange(20000) / 30).astype(np.float32)
+    short, long = make_benchmark_cases(2, seconds=2.0, speech=[recording[:8000], recording])
+    np.testing.assert_array_equal(short.audio[:8000], recording[:8000])
+    assert len(short.audio) == len(long.audio) == 32000 and not short.audio[8000:].any()
+    np.testing.assert_array_equal(long.audio, recording[:32000] if len(recording) >= 32000 else np.pad(recording, (0, 12000)))
+
+
+def test_one_clip_needs_the_swapped_audio_pass_off(cases):
+    with pytest.raises(ValueError, match="swapped-audio"):
+        run_synthetic_benchmark(render_ground_truth_generator(cases), n_clips=1)
 
 
 def test_lip_sync_finds_the_lag():
@@ -116,3 +145,22 @@ def test_generator_returning_floats_is_a_value_error():
     floats = lambda image, audio, prompt: np.zeros((75, 64, 64, 3), np.float32)  # noqa: E731
     with pytest.raises(ValueError, match="uint8"):
         run_synthetic_benchmark(floats, **SETTINGS)
+
+
+def test_drift_plot_draws_every_result(tmp_path, cases):
+    from _scripts import load_script
+
+    truth = render_ground_truth_generator(cases)
+    results = run_synthetic_benchmark(truth, swapped_audio=False, **SETTINGS)
+    paths = []
+    for label in ("a", "b"):
+        paths.append(tmp_path / f"{label}.json")
+        paths[-1].write_text(json.dumps(results))
+    output = tmp_path / "plots" / "drift.png"
+    load_script("plot_drift").main(["--result", f"a={paths[0]}", "--result", f"b={paths[1]}", "--output", str(output)])
+    import PIL.Image
+
+    with PIL.Image.open(output) as image:
+        assert image.format == "PNG" and image.width > 500
+    with pytest.raises(SystemExit):
+        load_script("plot_drift").main(["--result", "no-label", "--output", str(output)])

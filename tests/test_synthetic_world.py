@@ -21,7 +21,7 @@ def test_same_seed_gives_identical_clips():
     first, second = (world.synthetic_example(7, seconds=1.0) for _ in range(2))
     assert np.array_equal(first.frames, second.frames)
     assert np.array_equal(first.audio, second.audio)
-    assert all(np.array_equal(first.masks[name], second.masks[name]) for name in world.REGIONS)
+    assert all(np.array_equal(first.masks[name], second.masks[name]) for name in world.REGION_NAMES)
     assert (first.prompt, first.caption) == (second.prompt, second.caption)
     assert not np.array_equal(first.frames, world.synthetic_example(8, seconds=1.0).frames)
 
@@ -102,8 +102,8 @@ def test_instructions_move_what_they_name():
 def test_masks_cover_every_region():
     clip = speaking_clip(seed=3, instructions=["raise_left_hand"], seconds=2.0)
     raised = int(np.argmax(clip.motion["raise_left"]))
-    areas = {name: clip.masks[name][raised].sum() for name in world.REGIONS}
-    assert all(areas[name] >= 8 for name in world.REGIONS), areas
+    areas = {name: clip.masks[name][raised].sum() for name in world.REGION_NAMES}
+    assert all(areas[name] >= 8 for name in world.REGION_NAMES), areas
     assert not (clip.masks["mouth"] & clip.masks["jaw"]).any()  # visible regions do not overlap here
 
 
@@ -142,7 +142,7 @@ def test_rendering_is_fast():
 def test_renders_any_size_with_the_same_layout():
     small, large = (speaking_clip(seed=9, instructions=["raise_right_hand"], seconds=1.0, size=s) for s in (64, 256))
     assert large.frames.shape == (25, 256, 256, 3)
-    for name in world.REGIONS:
+    for name in world.REGION_NAMES:
         assert large.masks[name].sum() / 16 == pytest.approx(small.masks[name].sum(), rel=0.25, abs=8)
 
 
@@ -160,7 +160,7 @@ def test_written_dataset_round_trips(tmp_path):
         assert fps == pytest.approx(12.5) and record["fps"] == 12.5
         assert len(load_audio(out / record["file_name"])) / 16000 == pytest.approx(2.0, abs=0.1)
         masks = np.load(out / record["masks"])
-        assert set(masks.files) == set(world.REGIONS) and masks["mouth"].shape == (25, 64, 64)
+        assert set(masks.files) == set(world.REGION_NAMES) and masks["mouth"].shape == (25, 64, 64)
         colours = estimate_identity_colours(frames)
         for name, value in colours.items():  # colours survive H.264
             assert np.abs(value.mean(0) - record["identity"][name]).max() < 6, name

@@ -1,29 +1,21 @@
 """training_scripts/train_syncdreamer.py on tiny components: overfitting, modality dropout, resume after a kill,
 atomic checkpoints, two-process DDP, and LoRA weights that load into SyncDreamerPipeline."""
 
-import os
 import re
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
 from _training_fixtures import FPS, save_tiny_pipeline, write_random_cache
+from _training_runs import SCRIPT, accelerate_launch, run_in_process, run_killed, train
+from _training_runs import train_argv as base_argv
 from syncdreamer_hf.data.latent_cache import CachedWindowDataset, collate_windows
 from syncdreamer_hf.pipeline_syncdreamer import SyncDreamerPipeline
-from _scripts import load_script
-
-REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "training_scripts" / "train_syncdreamer.py"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO / "src")}
-
-train = load_script("train_syncdreamer")
+from syncdreamer_hf.training import SyncDreamerTrainingModule, list_checkpoints
 
 
 @pytest.fixture(scope="module")
@@ -36,29 +28,12 @@ def cache_dir(tmp_path_factory):
     return write_random_cache(tmp_path_factory.mktemp("cache"), num_windows=4)
 
 
-def run_in_process(argv):
-    AcceleratorState._reset_state(True)
-    try:
-        train.main(argv)
-    finally:
-        AcceleratorState._reset_state(True)
-
-
-def base_argv(pipeline_dir, cache_dir, output_dir, steps, *extra):
-    return [
-        "--pretrained_model_name_or_path", str(pipeline_dir), "--cache_dir", str(cache_dir), "--output_dir",
-        str(output_dir), "--max_train_steps", str(steps), "--report_to", "none", "--learning_rate", "1e-3",
-        "--region_weights", "mouth=20", *extra,
-    ]
-
-
 def module_and_batch(pipeline_dir, cache_dir, **overrides):
     args = train.parse_args(["--pretrained_model_name_or_path", str(pipeline_dir), "--cache_dir", str(cache_dir)])
     for name, value in overrides.items():
         setattr(args, name, value)
-    transformer, adapter, audio_encoder = train.load_models(args)
-    train.set_trainable(transformer, adapter, audio_encoder, args)
-    module = train.SyncDreamerTrainingModule(transformer, adapter, audio_encoder)
+    module = SyncDreamerTrainingModule.from_pretrained(pipeline_dir)
+    module.set_trainable(args.stage, args.lora_rank, args.lora_alpha)
     dataset = CachedWindowDataset(cache_dir)
     batch = collate_windows([dataset[0], dataset[1]], dataset.info["max_sequence_length"], len(dataset.region_names))
     return args, module, dataset, batch
@@ -141,9 +116,7 @@ def test_resume_after_kill_gives_identical_weights(pipeline_dir, cache_dir, tmp_
 
     killed = tmp_path / "killed"
     argv = base_argv(pipeline_dir, cache_dir, killed, 10, "--checkpointing_steps", "5")
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), *argv, "--simulate_crash_at_step", "5"], env=ENV, capture_output=True, text=True
-    )
+    result = run_killed(argv, kill_after_checkpoint=5)
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
     assert sorted(p.name for p in killed.iterdir() if "checkpoint" in p.name) == ["checkpoint-5"]
     assert not (killed / "transformer").exists()  # it really died before the end
@@ -168,19 +141,17 @@ def test_a_failed_checkpoint_write_leaves_no_checkpoint(pipeline_dir, cache_dir,
     monkeypatch.setattr(Accelerator, "save_state", save_half_then_fail)
     with pytest.raises(OSError, match="disk full"):
         run_in_process(base_argv(pipeline_dir, cache_dir, tmp_path, 2, "--checkpointing_steps", "1"))
-    assert train.list_checkpoints(tmp_path) == []
+    assert list_checkpoints(tmp_path) == []
     assert [p.name for p in tmp_path.iterdir() if "checkpoint" in p.name] == [".checkpoint-1.tmp"]
 
 
 def test_two_process_gloo_ddp_keeps_ranks_identical(pipeline_dir, cache_dir, tmp_path):
     # accelerate 1.15 starts CPU processes only through mpirun with `--cpu`; torchrun (`--multi_gpu`) starts them,
     # and ACCELERATE_USE_CPU=1 makes each rank pick the gloo backend (DistributedType.MULTI_CPU).
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517", str(SCRIPT),
-        *base_argv(pipeline_dir, cache_dir, tmp_path, 3, "--checkpointing_steps", "100", "--lora_rank", "4"),
-    ]
-    result = subprocess.run(command, env={**ENV, "ACCELERATE_USE_CPU": "1"}, capture_output=True, text=True, timeout=300)
+    result = accelerate_launch(
+        [SCRIPT, *base_argv(pipeline_dir, cache_dir, tmp_path, 3, "--checkpointing_steps", "100", "--lora_rank", "4")],
+        "--multi_gpu", timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     checksums = dict(re.findall(r"rank (\d) trainable checksum ([0-9a-f]{64})", result.stderr + result.stdout))
     assert sorted(checksums) == ["0", "1"], result.stderr[-3000:]

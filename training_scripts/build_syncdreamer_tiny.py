@@ -46,6 +46,8 @@ REPO = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = REPO / "training_scripts" / "train_syncdreamer.py"
 # `syncdreamer ...` run with this interpreter (the console script may not be on PATH, e.g. under a bare pytest)
 SYNCDREAMER = [sys.executable, "-m", "syncdreamer_hf.cli"]
+# umT5 tokens per prompt in the latent cache and at inference (the padding shares the text attention).
+MAX_SEQUENCE_LENGTH = 32
 # Words of the synthetic world's instructions that must stay whole tokens (tested).
 INSTRUCTION_WORDS = ("turn", "head", "left", "right", "nod", "raise", "hand", "wave", "look", "up", "down",
                      "holding", "pen", "notebook", "talk")
@@ -56,6 +58,9 @@ def parse_args(argv=None):
     parser.add_argument("--work_dir", default="outputs/syncdreamer_tiny/run", help="data, cache, runs, evaluations")
     parser.add_argument("--output", default="pipelines/syncdreamer-tiny", help="the finished pipeline folder")
     parser.add_argument("--vae", default=None, help="a trained tiny VAE folder to use instead of step 0")
+    parser.add_argument("--init_pipeline", default=None,
+                        help="warm start: step 2 takes every component of this SyncDreamer-Tiny pipeline folder (its "
+                             "frozen encoders and trained weights) instead of building new random ones; skips step 0")
     parser.add_argument("--train_vae_minutes", type=float, default=12.0,
                         help="step 0: train a tiny VAE with train_tiny_vae.py for this long (0: a random VAE, tests only)")
     parser.add_argument("--train_vae_steps", type=int, default=900, help="step 0: cosine schedule length")
@@ -82,7 +87,15 @@ def parse_args(argv=None):
     parser.add_argument("--train_batch_size", type=int, default=8)
     parser.add_argument("--learning_rate", type=float, default=5e-4)
     parser.add_argument("--lr_warmup_steps", type=int, default=50)
-    parser.add_argument("--motion_condition_prob", type=float, default=0.3)
+    parser.add_argument("--motion_condition_prob", type=float, default=0.7,
+                        help="P(a training window knows motion latents instead of one frame): later windows are "
+                             "the majority at inference")
+    parser.add_argument("--motion_noise_max_sigma", type=float, default=0.25,
+                        help="training noise on the known motion latents (exposure bias; 0: off)")
+    parser.add_argument("--no_reference_sink", dest="reference_sink", action="store_false",
+                        help="the v1 window condition: only the first window knows the reference")
+    parser.add_argument("--motion_latent_noise", type=float, default=0.0,
+                        help="the pipeline's inference noise on carried motion latents")
     parser.add_argument("--max_train_steps", type=int, default=4000)
     parser.add_argument("--max_train_minutes", type=float, default=None,
                         help="start no new chunk after this much training time (the run stops at a chunk's end)")
@@ -242,7 +255,22 @@ def sampling_defaults(args) -> dict:
     """The pipeline-config defaults of a generation: size, steps and guidance."""
     return {"default_height": args.size, "default_width": args.size,
             "default_num_inference_steps": args.num_inference_steps, "default_guidance_scale": args.guidance_scale,
-            "default_audio_guidance_scale": args.audio_guidance_scale}
+            "default_audio_guidance_scale": args.audio_guidance_scale,
+            "default_max_sequence_length": MAX_SEQUENCE_LENGTH, "reference_sink": args.reference_sink,
+            "motion_latent_noise": args.motion_latent_noise}
+
+
+def warm_start_pipeline(args, pipeline_dir: Path) -> None:
+    """Step 2 with `--init_pipeline`: that pipeline's components, this build's window and sampling settings."""
+    from syncdreamer_hf import SyncDreamerPipeline
+
+    pipe = SyncDreamerPipeline.from_pretrained(args.init_pipeline)
+    pipe.register_to_config(num_frames_per_window=args.num_frames, num_motion_frames=args.num_motion_frames,
+                            **sampling_defaults(args))
+    temporary = pipeline_dir.with_name(pipeline_dir.name + ".tmp")
+    shutil.rmtree(temporary, ignore_errors=True)
+    pipe.save_pretrained(temporary)
+    os.replace(temporary, pipeline_dir)
 
 
 def build_initial_pipeline(args, data_dir: Path, pipeline_dir: Path) -> None:
@@ -330,6 +358,7 @@ def train_command(args, init_dir: Path, cache_dir: Path, run_dir: Path, max_step
         "--learning_rate", str(args.learning_rate), "--lr_scheduler", "constant_with_warmup",
         "--lr_warmup_steps", str(args.lr_warmup_steps), "--motion_condition_prob", str(args.motion_condition_prob),
         "--num_motion_latents", str(args.num_motion_frames // vae_config["scale_factor_temporal"]),
+        "--motion_noise_max_sigma", str(args.motion_noise_max_sigma), *(["--reference_sink"] if args.reference_sink else []),
         "--max_train_steps", str(max_steps),
         "--checkpointing_steps", str(args.checkpointing_steps), "--checkpoints_total_limit", "2",
         "--resume_from_checkpoint", "latest", "--report_to", "tensorboard", "--seed", str(args.seed),
@@ -357,19 +386,19 @@ def write_learning_curve(run_dir: Path, path: Path) -> list[dict]:
 
 
 METRIC_KEYS = ("lip_sync_r", "lip_sync_lag_frames", "swapped_audio_r", "identity_colour_error",
-               "identity_colour_drift", "instruction_recall", "no_unasked_motion", "object_persistence",
-               "seconds_per_generated_second")
+               "identity_colour_drift", "identity_colour_slope_per_second", "identity_colour_error_per_window",
+               "instruction_recall", "no_unasked_motion", "object_persistence", "seconds_per_generated_second")
 
 
 def evaluate_command(model_dir: Path, output: Path, clips: int, seconds: float, steps: int, args,
-                     prompt: str | None = None) -> list[str]:
+                     prompt: str | None = None, swapped_audio: bool = True) -> list[str]:
     """`syncdreamer evaluate synthetic` on held-out clips with the build's size and guidance (`prompt`: one prompt
     for every clip instead of its own)."""
     command = [*SYNCDREAMER, "evaluate", "synthetic", "--model", str(model_dir), "--clips", str(clips),
                "--seconds", str(seconds), "--size", str(args.size), "--num-inference-steps", str(steps),
                "--guidance-scale", str(args.guidance_scale), "--audio-guidance-scale", str(args.audio_guidance_scale),
                "--output", str(output)]
-    return command + (["--prompt", prompt] if prompt is not None else [])
+    return command + (["--prompt", prompt] if prompt is not None else []) + ([] if swapped_audio else ["--no-swapped-audio"])
 
 
 def evaluate(command: list[str], output: Path, rerun: bool = True) -> dict:
@@ -414,11 +443,12 @@ def write_output(args, run_dir: Path, output_dir: Path, state: dict) -> None:
     trained = ["transformer", "visual_adapter", "audio_dynamics_encoder"]
     frozen = ["text_encoder (umT5)", "image_encoder (CLIP vision)", "audio_encoder (Wav2Vec2)"]
     vae_note = (f"the VAE (`{type(pipe.vae).__name__}`, {count_parameters(pipe.vae)} parameters) was trained by "
-                "`training_scripts/train_tiny_vae.py` (step 0, command below)" if args.vae
+                "`training_scripts/train_tiny_vae.py` (step 0, command below)" if args.vae or args.init_pipeline
                 else "the VAE is RANDOM (development build: its videos are noise)")
     walls = state["wall_seconds"]
     lines = [
-        f"Trained from scratch on CPU by `training_scripts/build_syncdreamer_tiny.py` on {args.num_clips} synthetic "
+        ("Trained from scratch" if args.init_pipeline is None else f"Warm-started from `{args.init_pipeline}` and trained")
+        + f" on CPU by `training_scripts/build_syncdreamer_tiny.py` on {args.num_clips} synthetic "
         f"train-split clips ({args.seconds:g} s, {args.size}x{args.size}, {args.fps:g} fps).",
         "",
         f"- trained here: {', '.join(f'`{name}`' for name in trained)} "
@@ -509,7 +539,7 @@ def main(argv=None):
     state["args"] = vars(args)
 
     # 0. VAE (resumable by itself; skipped once its folder is saved)
-    if args.vae is None and args.train_vae_minutes > 0:
+    if args.vae is None and args.init_pipeline is None and args.train_vae_minutes > 0:
         vae_run = work_dir / "vae"
         # many distinct images per step (16 clips x 2 frames) beat fewer, longer clips at equal wall time
         clip_frames = ["--num_frames", "2", "--train_batch_size", "16"] if args.vae_architecture == "frame" else []
@@ -542,7 +572,10 @@ def main(argv=None):
     if not (init_dir / "model_index.json").is_file():
         log(f"2. building the initial pipeline in {init_dir}")
         start = time.time()
-        build_initial_pipeline(args, data_dir, init_dir)
+        if args.init_pipeline:
+            warm_start_pipeline(args, init_dir)
+        else:
+            build_initial_pipeline(args, data_dir, init_dir)
         state["wall_seconds"]["init_pipeline"] = time.time() - start
         save_state(work_dir, state)
     else:
@@ -551,7 +584,8 @@ def main(argv=None):
     # 3. latent cache (resumable by itself)
     command = [*SYNCDREAMER, "preprocess", str(data_dir), "--model", str(init_dir), "--output", str(cache_dir),
                "--height", str(args.size), "--width", str(args.size), "--num-frames", str(args.num_frames),
-               "--fps", str(args.fps), "--caption-column", "prompt", "--max-sequence-length", "32", "--device", "cpu"]
+               "--fps", str(args.fps), "--caption-column", "prompt", "--max-sequence-length", str(MAX_SEQUENCE_LENGTH),
+               "--device", "cpu"]
     if args.window_stride:
         command += ["--window-stride", str(args.window_stride)]
     from syncdreamer_hf.data.latent_cache import DONE_DIR

@@ -28,6 +28,7 @@ import torch
 
 from syncdreamer_hf.data.synthetic import clip_seed, synthetic_example
 from syncdreamer_hf.tiny import load_vae
+from syncdreamer_hf.latents import denormalize_latents, normalize_latents
 from syncdreamer_hf.evaluation.synthetic import (
     analyze_video,
     colour_error,
@@ -57,10 +58,8 @@ def reconstruct(vae, frames: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
     latents (z_dim, T, h, w)."""
     pixels = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1  # (1, 3, F, H, W)
     latents = vae.encode(pixels).latent_dist.mode()
-    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
-    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
-    normalised = (latents - mean) / std
-    video = vae.decode(normalised * std + mean).sample[:, :, : len(frames)]
+    normalised = normalize_latents(latents, vae.config)
+    video = vae.decode(denormalize_latents(normalised, vae.config)).sample[:, :, : len(frames)]
     video = ((video.clamp(-1, 1) + 1) * 127.5).round().byte()
     return video[0].permute(1, 2, 3, 0).numpy(), normalised[0]
 

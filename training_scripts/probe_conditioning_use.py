@@ -14,9 +14,7 @@ prompts differ.
 
 import argparse
 import functools
-import importlib.util
 import json
-from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
@@ -25,10 +23,7 @@ from syncdreamer_hf import AudioDynamicsEncoder, SyncDreamerTransformer3DModel, 
 from syncdreamer_hf.data.latent_cache import CachedWindowDataset, collate_windows
 from syncdreamer_hf.losses import add_flow_noise, flow_matching_target, region_weight_map
 from syncdreamer_hf.pipeline_syncdreamer import SyncDreamerPipeline
-
-_spec = importlib.util.spec_from_file_location("train_syncdreamer", Path(__file__).with_name("train_syncdreamer.py"))
-_train = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_train)
+from syncdreamer_hf.training import SyncDreamerTrainingModule
 
 
 def region_mask(region_masks, region_names, names, latent_shape) -> torch.Tensor:
@@ -98,7 +93,7 @@ def main():
     torch.set_num_threads(1)
     dataset = CachedWindowDataset(args.cache_dir)
     for folder in args.modules:
-        module = _train.SyncDreamerTrainingModule(
+        module = SyncDreamerTrainingModule(
             SyncDreamerTransformer3DModel.from_pretrained(folder, subfolder="transformer"),
             SyncDreamerVisualAdapter.from_pretrained(folder, subfolder="visual_adapter"),
             AudioDynamicsEncoder.from_pretrained(folder, subfolder="audio_dynamics_encoder"),

@@ -21,6 +21,9 @@ CPU dry run (tiny random VLM, ~1 minute on one thread):
         --learning_rate 5e-2 --num_generations 8 --per_device_batch_size 16 --max_completion_length 16 \
         --lora_rank 8 --lora_alpha 16 --fluency_weight 0
 
+The synthetic world's tiny enhancer (a word-level Qwen2-VL trained from scratch with `--full_finetune` and
+`--world_weight`, SFT then GRPO): `training_scripts/build_prompt_enhancer_tiny.py` runs this script.
+
 GPU recipe, Qwen2-VL-2B-Instruct (one 80 GB GPU; see training_scripts/README_prompt_enhancer.md):
     python training_scripts/train_prompt_enhancer.py --model_name_or_path Qwen/Qwen2-VL-2B-Instruct \
         --dataset_dir captions/ --output_dir syncdreamer-prompt-enhancer --bf16 \
@@ -45,6 +48,7 @@ from syncdreamer_hf.prompt_enhancer import (
     VisualRelevanceReward,
 )
 from syncdreamer_hf.prompt_enhancer.enhancer import chat_messages, enhance_text
+from syncdreamer_hf.prompt_enhancer.world import WorldInstructionReward
 
 # LoRA on the language model only: the vision tower's MLP shares the `*_proj` names in Qwen2.5-VL and Qwen3-VL.
 LORA_TARGET_MODULES = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
@@ -68,6 +72,14 @@ def parse_args(argv=None):
     parser.add_argument("--relevance_weight", type=float, default=1.0)
     parser.add_argument("--specificity_weight", type=float, default=1.0)
     parser.add_argument("--fluency_weight", type=float, default=0.5)
+    parser.add_argument("--world_weight", type=float, default=0.0,
+                        help="synthetic-world instruction reward (needs `instructions` and `objects` columns)")
+    parser.add_argument("--no_world_penalties", action="store_true",
+                        help="the naive world reward (recall only), to measure reward gaming")
+    parser.add_argument("--full_finetune", action="store_true",
+                        help="train every weight instead of a LoRA (small enhancers built from scratch)")
+    parser.add_argument("--sft_output_dir", default=None, help="also save the SFT-only enhancer here")
+    parser.add_argument("--grpo_dataset_dir", default=None, help="GRPO prompts from here (default: --dataset_dir)")
     parser.add_argument("--max_words", type=int, default=80, help="length cap of the gaming penalty")
     parser.add_argument("--clip_model", default=None, help="CLIP model for visual relevance (else attribute recall)")
     parser.add_argument("--use_vllm", action="store_true", help="generate GRPO candidates with vLLM (colocate)")
@@ -93,15 +105,19 @@ def load_rows(dataset_dir: str, enhancer: SyncDreamerPromptEnhancer) -> Dataset:
     image_files = [record.get("reference_image", record["file_name"]) for record in records]
     images = [enhancer._resize(os.path.join(dataset_dir, file_name)) for file_name in image_files]
     missing = [i for i, record in enumerate(records) if "attributes" not in record]
-    if missing:  # step (B) once, with the base model
+    if missing and enhancer.config.use_attributes:  # step (B) once, with the base model
         extracted = enhancer.extract_attributes([images[i] for i in missing])
         for i, attributes in zip(missing, extracted):
             records[i]["attributes"] = attributes
+    use_attributes = enhancer.config.use_attributes
     columns = {
-        "prompt": [chat_messages(enhance_text(r["prompt"], r["attributes"])) for r in records],
+        "prompt": [chat_messages(enhance_text(r["prompt"], r["attributes"] if use_attributes else None)) for r in records],
         "image": images,
-        "attributes": [json.dumps(r["attributes"]) for r in records],
+        "attributes": [json.dumps(r.get("attributes", {})) for r in records],
     }
+    for key in ("instructions", "objects"):  # the synthetic world's truth, read by WorldInstructionReward
+        if all(key in record for record in records):
+            columns[key] = [record[key] for record in records]
     if all("target" in record for record in records):
         columns["completion"] = [[{"role": "assistant", "content": r["target"]}] for r in records]
     return Dataset.from_dict(columns)
@@ -122,6 +138,9 @@ def reward_functions(args, enhancer: SyncDreamerPromptEnhancer) -> tuple[list, l
     if args.specificity_weight:
         rewards.append(ActionSpecificityReward(max_words=args.max_words))
         weights.append(args.specificity_weight)
+    if args.world_weight:
+        rewards.append(WorldInstructionReward(max_words=args.max_words, penalties=not args.no_world_penalties))
+        weights.append(args.world_weight)
     if args.fluency_weight:  # the frozen base model, loaded apart from the policy that LoRA changes
         base = SyncDreamerPromptEnhancer.from_pretrained(args.model_name_or_path)
         rewards.append(FluencyReward(base.model, base.processor, max_words=args.max_words))
@@ -133,13 +152,15 @@ def mean_reward(enhancer, dataset: Dataset, rewards, weights, num_samples: int =
     """Weighted reward of `num_samples` sampled instructions per row, averaged (what GRPO maximises)."""
     torch.manual_seed(seed)
     texts = [message[0]["content"][1]["text"] for message in dataset["prompt"]]
-    images, attributes = list(dataset["image"]), list(dataset["attributes"])
+    images = list(dataset["image"])
     completions = enhancer.generate(
         images * num_samples, texts * num_samples, do_sample=True,
         suppress_tokens=vision_token_ids(enhancer.model.config), **generate_kwargs,
     )  # fmt: skip
     prompts = list(dataset["prompt"]) * num_samples
-    scores = [reward(prompts, completions, attributes=attributes * num_samples) for reward in rewards]
+    columns = {key: list(dataset[key]) * num_samples for key in ("attributes", "instructions", "objects")
+               if key in dataset.column_names}
+    scores = [reward(prompts, completions, **columns) for reward in rewards]
     return sum(w * sum(s) / len(s) for w, s in zip(weights, scores))
 
 
@@ -169,9 +190,10 @@ def main(argv=None):
     dtype = torch.bfloat16 if args.bf16 else torch.float32
     enhancer = SyncDreamerPromptEnhancer.from_pretrained(args.model_name_or_path, dtype=dtype)
     dataset = load_rows(args.dataset_dir, enhancer)
-    peft_config = LoraConfig(
+    peft_config = None if args.full_finetune else LoraConfig(
         r=args.lora_rank, lora_alpha=args.lora_alpha, lora_dropout=0.0, target_modules=LORA_TARGET_MODULES
     )
+    log = {}
     model = enhancer.model
 
     if args.sft_steps:
@@ -187,6 +209,10 @@ def main(argv=None):
         )
         sft.train()
         model, peft_config = sft.model, None  # GRPO continues the same adapter
+        log["sft"] = sft.state.log_history
+        if args.sft_output_dir:
+            enhancer.model = model
+            enhancer.save_pretrained(args.sft_output_dir)
 
     if args.grpo_steps:
         rewards, weights = reward_functions(args, enhancer)
@@ -200,6 +226,8 @@ def main(argv=None):
             # an image placeholder in a completion breaks Qwen2-VL's 3D positions in the training forward
             generation_kwargs={"suppress_tokens": vision_token_ids(enhancer.model.config)},
         )
+        if args.grpo_dataset_dir:
+            dataset = load_rows(args.grpo_dataset_dir, enhancer)
         grpo = GRPOTrainer(
             model=model,
             reward_funcs=rewards,
@@ -210,6 +238,7 @@ def main(argv=None):
         )
         grpo.train()
         model = grpo.model
+        log["grpo"] = grpo.state.log_history
 
     enhancer.model = model
     if "ref" in getattr(enhancer.model, "peft_config", {}):  # TRL's frozen reference copy when beta > 0
@@ -217,6 +246,8 @@ def main(argv=None):
     if args.merge_adapter:
         enhancer.merge_adapter()
     enhancer.save_pretrained(args.output_dir)
+    with open(os.path.join(args.output_dir, "training_log.json"), "w", encoding="utf-8") as file:
+        json.dump(log, file, indent=1)  # loss and reward curves
     if args.push_to_hub:
         enhancer.push_to_hub(args.push_to_hub)
     return enhancer

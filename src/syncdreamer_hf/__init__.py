@@ -13,6 +13,7 @@ from .models import (
     SyncDreamerTransformer3DModel,
     SyncDreamerTransformerOutput,
     SyncDreamerVisualAdapter,
+    SyncDreamerVisualAdapterOutput,
 )
 from .pipeline_syncdreamer import SyncDreamerPipeline, SyncDreamerPipelineOutput
 

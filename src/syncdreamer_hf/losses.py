@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 
 LAMBDA_LOC = 0.4
-MASKED_REGIONS = ("eyes", "mouth", "hair", "jaw", "hands")
 
 
 def sample_flow_sigmas(

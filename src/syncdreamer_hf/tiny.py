@@ -3,7 +3,7 @@
 Nothing is downloaded: the umT5 tokenizer is a small Unigram model trained here with `tokenizers`, and every
 model is a random init from a tiny config. `build_tiny_components` saves each component with `save_pretrained`
 and loads it back with `from_pretrained`, so tests exercise the same loading code a user's checkpoint goes
-through. Used by the tests, the benchmark and `training_scripts/make_tiny_random_pipeline.py`.
+through. Used by the tests, the benchmark and `scripts/make_tiny_random_pipeline.py`.
 """
 
 import tempfile
@@ -164,3 +164,38 @@ def load_vae(path: str | Path) -> AutoencoderKLWan | SyncDreamerFrameAutoencoder
     if name not in classes:
         raise ValueError(f"{path} holds a {name}; expected one of {sorted(classes)}.")
     return classes[name].from_pretrained(path)
+
+
+def save_tiny_training_setup(
+    directory: str | Path,
+    transformer_config: dict | None = None,
+    height: int = 32,
+    width: int = 32,
+    num_frames: int = 9,
+    num_clips: int = 2,
+) -> tuple[Path, Path]:
+    """A tiny random pipeline folder and the latent cache of synthetic clips preprocessed with it, for training
+    checks and benchmarks: `(directory / "pipeline", directory / "cache")`.
+
+    Args:
+        transformer_config: a transformer of another size (`SyncDreamerTransformer3DModel` arguments; the widths
+            that join it to the tiny encoders are filled in); default the tiny one.
+        height, width, num_frames: the clips' video size and the frames per cached window.
+    """
+    from .data.preprocess import preprocess_dataset
+    from .data.synthetic import write_clip_dataset
+    from .pipeline_syncdreamer import SyncDreamerPipeline
+
+    directory = Path(directory)
+    components = build_tiny_components(seed=0)
+    if transformer_config is not None:
+        components["transformer"] = SyncDreamerTransformer3DModel(
+            text_dim=TEXT_DIM, identity_dim=IDENTITY_DIM, audio_dim=AUDIO_DIM, **transformer_config
+        )
+    SyncDreamerPipeline(**components, **TINY_PIPELINE_CONFIG).save_pretrained(directory / "pipeline")
+    clips = write_clip_dataset(directory / "clips", num_clips, seconds=1.0, height=height, width=width)
+    preprocess_dataset(
+        clips, directory / "pipeline", directory / "cache", height=height, width=width, num_frames=num_frames,
+        max_sequence_length=16,
+    )
+    return directory / "pipeline", directory / "cache"

@@ -18,7 +18,6 @@ import json
 from pathlib import Path
 
 METADATA_FILE = "metadata.jsonl"
-REGION_NAMES = ("eyes", "mouth", "hair", "jaw", "hands")
 PATH_FIELDS = ("file_name", "masks")
 TEXT_FIELDS = ("caption", "prompt", "enhanced_caption")
 
@@ -54,6 +53,10 @@ def validate_record(record: dict, root: Path, line_number: int) -> dict:
         raise ValueError(f"{METADATA_FILE} line {line_number}: `attributes` must be a JSON object.")
 
     video_path = resolve_inside(root, record["file_name"], "file_name", line_number)
+    if video_path.is_dir():
+        raise ValueError(
+            f"{METADATA_FILE} line {line_number}: clip {record['file_name']!r} is a directory, not a video file."
+        )
     if not video_path.is_file():
         raise ValueError(f"{METADATA_FILE} line {line_number}: clip {record['file_name']!r} does not exist.")
     masks_path = None
@@ -71,8 +74,9 @@ def load_clip_metadata(dataset_dir) -> list[dict]:
         One dict per clip: the metadata fields, plus `video_path` and `masks_path` (absolute, or None).
 
     Raises:
-        ValueError: naming the line and the field, for a missing folder/metadata file, invalid JSON, a missing
-            `file_name`/`caption`, a path that leaves the folder, a missing file, or a duplicated `file_name`.
+        ValueError: naming the line and the field, for a missing folder/metadata file, text that is not UTF-8,
+            invalid JSON, a missing `file_name`/`caption`, a path that leaves the folder, a missing file, or a
+            duplicated `file_name`.
     """
     root = Path(dataset_dir)
     metadata_path = root / METADATA_FILE
@@ -82,7 +86,15 @@ def load_clip_metadata(dataset_dir) -> list[dict]:
             'clip, e.g. {"file_name": "clip_00000.mp4", "caption": "a person talks"}.'
         )
     records, seen = [], set()
-    for line_number, line in enumerate(metadata_path.read_text(encoding="utf-8").splitlines(), start=1):
+    # split on b"\n" only (JSON Lines): `str.splitlines` would also split inside strings holding U+2028 and co.
+    for line_number, raw_line in enumerate(metadata_path.read_bytes().split(b"\n"), start=1):
+        try:
+            line = raw_line.decode("utf-8-sig" if line_number == 1 else "utf-8")  # a leading BOM is allowed
+        except UnicodeDecodeError as error:
+            raise ValueError(
+                f"{str(metadata_path)!r} line {line_number} is not UTF-8 text (byte {raw_line[error.start]:#04x} at "
+                f"column {error.start + 1}); save {METADATA_FILE} as UTF-8."
+            ) from None
         if not line.strip():
             continue
         try:

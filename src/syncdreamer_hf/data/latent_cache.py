@@ -12,7 +12,10 @@ A window file holds, for F = sk + 1 frames (s: the VAE's temporal compression, 4
 latent frames, h = H / 8, w = W / 8 (for Wan's 8x spatial compression):
 
 - `latents (16, T, h, w)`: normalised VAE latents (mode of the posterior), as the pipeline normalises them;
-  latent frame 0 is the reference frame (the Wan VAE is causal: it equals the pipeline's `encode_reference`);
+  latent frame 0 is the window's first frame (the Wan VAE is causal: it equals the pipeline's `encode_reference`
+  of that frame);
+- `reference_latents (16, 1, h, w)`: the latent of the clip's first frame, its reference image (the pipeline's
+  reference sink; caches written before it existed lack it);
 - `prompt_embeds (L_tokens, text_dim)`: umT5 embeddings of the caption's tokens (the zero padding is dropped and
   restored by `collate_windows` to `max_sequence_length`);
 - `image_embeds (N_img, D_img)`: the image encoder's last hidden state of the reference frame;
@@ -25,13 +28,13 @@ Every file is written to a temporary name and renamed, so a killed run never lea
 """
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
+
+from ..atomic import atomic_write_file
 
 CACHE_INFO_FILE = "cache_info.json"
 EMPTY_PROMPT_FILE = "empty_prompt.safetensors"
@@ -40,27 +43,13 @@ DONE_DIR = "done"
 CACHE_FORMAT_VERSION = 1
 
 
-def atomic_write_bytes(path: Path, write) -> None:
-    """Calls `write(temporary_path)` then renames the file to `path` (atomic on POSIX filesystems)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(descriptor)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
-    atomic_write_bytes(path, lambda temporary: save_file(tensors, temporary, metadata=metadata))
+    atomic_write_file(path, lambda temporary: save_file(tensors, temporary, metadata=metadata))
 
 
 def atomic_save_json(data: dict, path: Path) -> None:
-    atomic_write_bytes(path, lambda temporary: Path(temporary).write_text(json.dumps(data, indent=2), encoding="utf-8"))
+    atomic_write_file(path, lambda temporary: Path(temporary).write_text(json.dumps(data, indent=2), encoding="utf-8"))
 
 
 def read_cache_info(cache_dir) -> dict:
@@ -116,7 +105,8 @@ def collate_windows(samples: list[dict], max_sequence_length: int, num_regions: 
     """Stacks windows into a batch.
 
     Returns:
-        `latents (B, 16, T, h, w)`, `prompt_embeds (B, max_sequence_length, text_dim)`, `image_embeds
+        `latents (B, 16, T, h, w)`, `reference_latents (B, 16, 1, h, w)` (`None` unless every window has them),
+        `prompt_embeds (B, max_sequence_length, text_dim)`, `image_embeds
         (B, N_img, D_img)`, `audio_hidden_states (B, L, N_a, D)`, `region_masks (B, R, T, h_tok, w_tok)` (zeros for
         windows without masks), `has_masks (B,)` float, `captions` list of str.
     """
@@ -128,6 +118,11 @@ def collate_windows(samples: list[dict], max_sequence_length: int, num_regions: 
         "audio_hidden_states": torch.stack([sample["audio_hidden_states"] for sample in samples]).float(),
         "has_masks": torch.tensor([float(sample["has_masks"]) for sample in samples]),
         "captions": [sample["caption"] for sample in samples],
+        "reference_latents": (
+            torch.stack([sample["reference_latents"] for sample in samples]).float()
+            if all("reference_latents" in sample for sample in samples)
+            else None
+        ),
     }
     mask_shape = next((s["region_masks"].shape for s in samples if s["has_masks"]), None)
     if mask_shape is not None:

@@ -23,7 +23,8 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 
-from .clip_dataset import REGION_NAMES, load_clip_metadata
+from ..regions import REGION_NAMES
+from .clip_dataset import load_clip_metadata
 from .latent_cache import (
     CACHE_FORMAT_VERSION,
     CACHE_INFO_FILE,
@@ -137,10 +138,23 @@ def caption_embeds(pipe, caption: str, max_sequence_length: int) -> torch.Tensor
 
 
 def load_pipeline(model: str, device: str, dtype: str):
+    """The pipeline with only the frozen encoders preprocessing runs (tokenizer, umT5, VAE, image encoder,
+    Wav2Vec2 and their processors): the transformer, the visual adapter, the audio dynamics encoder and the prompt
+    enhancer are not loaded."""
     from ..pipeline_syncdreamer import SyncDreamerPipeline
 
-    pipe = SyncDreamerPipeline.from_pretrained(model, dtype=getattr(torch, dtype))
+    pipe = SyncDreamerPipeline.from_pretrained(
+        model, dtype=getattr(torch, dtype), transformer=None, visual_adapter=None, audio_dynamics_encoder=None,
+        prompt_enhancer=None,
+    )
     return pipe.to(device)
+
+
+def transformer_patch_size(model: str) -> list[int]:
+    """The transformer's `patch_size`, read from its config.json (it sets the token grid of the region masks)."""
+    from ..models.transformer_syncdreamer import SyncDreamerTransformer3DModel
+
+    return list(SyncDreamerTransformer3DModel.load_config(model, subfolder="transformer")["patch_size"])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -190,17 +204,21 @@ def process_clip(pipe, record: dict, settings: dict, output_dir: Path) -> list[s
         region_masks = resize_and_crop(masks, height, width)  # (R, F, H, W)
 
     prompt_embeds = caption_embeds(pipe, caption, settings["max_sequence_length"])
-    patch_size = pipe.transformer.config.patch_size
+    patch_size = settings["patch_size"]
     scale = pipe.vae_scale_factor_spatial
     stride = pipe.vae_scale_factor_temporal
     token_grid = ((num_frames - 1) // stride + 1, height // scale // patch_size[1], width // scale // patch_size[2])
     stem = Path(record["file_name"]).with_suffix("").as_posix().replace("/", "__")
+    # the clip's first frame is its reference image: the latent of the pipeline's reference sink
+    reference = [PIL.Image.fromarray(frames[indices[0]])]
+    reference_latents = pipe.encode_video(pipe.preprocess_frames(reference, height, width))[0]
     written = []
     for window_index, start in enumerate(starts):
         # the pipeline's own preprocessing and frozen encoders, so training sees what inference feeds the model
         window = [PIL.Image.fromarray(frame) for frame in frames[indices[start : start + num_frames]]]
         tensors = {
             "latents": pipe.encode_video(pipe.preprocess_frames(window, height, width))[0],
+            "reference_latents": reference_latents,
             "prompt_embeds": prompt_embeds,
             "image_embeds": pipe.encode_image_hidden_states(window[:1], pipe.device)[0],
             "audio_hidden_states": pipe.encode_audio_hidden_states(waveform, fps, int(start), num_frames, pipe.device)[0],
@@ -234,8 +252,9 @@ def preprocess_dataset(
     """Writes the latent cache of a clip dataset (see the module docstring).
 
     Args:
-        model: a pipeline folder / Hub id, whose encoders are used (or pass a loaded `pipe`).
-        pipe: an already loaded `SyncDreamerPipeline` (then `model` only names it in `cache_info.json`).
+        model: a pipeline folder / Hub id: its encoders are used (unless `pipe` is given) and its transformer's
+            config.json gives the patch size.
+        pipe: an already loaded `SyncDreamerPipeline` (its transformer is not needed).
 
     Returns:
         `{"processed": n, "windows": n, "skipped": n, "failed": [(file_name, reason), ...]}`: `skipped` counts clips
@@ -278,11 +297,12 @@ def preprocess_dataset(
 
     with torch.no_grad():
         pipe = pipe if pipe is not None else load_pipeline(str(model), device, dtype)
+        settings["patch_size"] = transformer_patch_size(str(model))
         stride = pipe.vae_scale_factor_temporal
         if (num_frames - 1) % stride:
             raise ValueError(f"--num-frames must be {stride}k + 1 for this VAE ({1 + stride}, ...); got {num_frames}.")
         if not info_path.is_file():
-            atomic_save_json({**settings, "patch_size": list(pipe.transformer.config.patch_size)}, info_path)
+            atomic_save_json(settings, info_path)
         if not (output_dir / EMPTY_PROMPT_FILE).is_file():
             atomic_save_tensors(
                 {"prompt_embeds": caption_embeds(pipe, "", max_sequence_length).float()}, output_dir / EMPTY_PROMPT_FILE

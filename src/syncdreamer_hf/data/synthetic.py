@@ -30,9 +30,10 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
+from ..regions import REGION_NAMES
+
 SAMPLE_RATE = 16000
 SPLITS = ("train", "heldout")
-REGIONS = ("eyes", "mouth", "hair", "jaw", "hands")
 MOTION_KEYS = ("mouth", "brow", "yaw", "pitch", "gaze_x", "gaze_y", "raise_left", "raise_right", "wave_left",
                "wave_right")
 HELDOUT_IDENTITY_BUCKETS = 8
@@ -482,7 +483,7 @@ class _Frame:
     def __init__(self, canvas: _Canvas, background):
         self.image = np.empty((canvas.y.size, canvas.x.size, 3), dtype=np.float32)
         self.image[:] = background
-        self.coverage = {name: np.zeros(self.image.shape[:2], dtype=np.float32) for name in REGIONS}
+        self.coverage = {name: np.zeros(self.image.shape[:2], dtype=np.float32) for name in REGION_NAMES}
 
     def paint(self, alpha, colour, region=None, region_alpha=None):
         self.image += alpha[..., None] * (np.asarray(colour, dtype=np.float32) - self.image)
@@ -570,7 +571,7 @@ def render_frames(identity: Identity, motion: dict[str, np.ndarray], objects=(),
     canvas = _Canvas(height, width)
     num_frames = len(motion["mouth"])
     frames = np.empty((num_frames, height, width, 3), dtype=np.uint8)
-    masks = {name: np.empty((num_frames, height, width), dtype=bool) for name in REGIONS}
+    masks = {name: np.empty((num_frames, height, width), dtype=bool) for name in REGION_NAMES}
     for i in range(num_frames):
         frame = _render_frame(canvas, identity, {key: float(value[i]) for key, value in motion.items()}, objects)
         frames[i] = np.clip(np.round(frame.image), 0, 255)

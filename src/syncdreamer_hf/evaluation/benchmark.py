@@ -9,7 +9,9 @@ for clips of held-out identities speaking held-out audio under held-out instruct
 - swapped-audio r: each clip generated again with the next clip's audio, measured against its ORIGINAL audio
   (near 0 when the model listens to the audio; high when it ignores it);
 - identity colour error: mean absolute RGB error (a fraction of 255) of background, skin, hair and shirt against the true
-  identity, over the video and per window of `drift_window_seconds` (drift = last window - first window);
+  identity, over the video and per window of `drift_window_seconds` (drift = last window - first window; slope = the
+  least-squares slope of the per-window errors against time, per second);
+- lip-sync r per window of `drift_window_seconds` too (at the lag of the whole clips), to see whether it holds up;
 - instruction accuracy: recall of the instructed motions, and the share of clips with no motion that was not
   asked for; and whether held objects persist;
 - seconds of generation per generated second.
@@ -26,6 +28,7 @@ import numpy as np
 import PIL.Image
 
 from ..data import synthetic as world
+from ..data.user_prompts import sample_user_prompt
 from .synthetic import analyze_video, colour_error, detect_motions
 
 
@@ -44,11 +47,17 @@ class BenchmarkCase:
 
 
 def make_benchmark_cases(n_clips: int = 8, seconds: float = 4.0, fps: float = 25.0, height: int = 64,
-                         width: int = 64, seed: int = 0) -> list[BenchmarkCase]:
+                         width: int = 64, seed: int = 0, speech: list[np.ndarray] | None = None,
+                         user_prompts: bool = False) -> list[BenchmarkCase]:
     """Held-out identities, audio and instructions; every third clip asks for no motion at all (the check that
-    nothing moves unasked)."""
-    if n_clips < 2:
-        raise ValueError(f"`n_clips` must be at least 2 (the swapped-audio test pairs clips); got {n_clips}.")
+    nothing moves unasked). `speech`: recordings `(N,)` float32 16 kHz to drive the clips instead of the world's
+    synthetic speech (clip i takes recording i modulo their number, cut or padded with silence to `seconds`).
+    `user_prompts`: prompt each clip with a held-out user-style prompt meaning its instructions on its image
+    (`data.user_prompts`, "say hi to everyone") instead of the world's exact phrase."""
+    if n_clips < 1:
+        raise ValueError(f"`n_clips` must be at least 1; got {n_clips}.")
+    if not seconds > 0:
+        raise ValueError(f"`seconds` must be positive; got {seconds}.")
     cases = []
     for index in range(n_clips):
         clip_seed = world.clip_seed(seed, "heldout", index)
@@ -57,11 +66,19 @@ def make_benchmark_cases(n_clips: int = 8, seconds: float = 4.0, fps: float = 25
             instructions = []
         cases.append(BenchmarkCase(
             image=world.render_reference_image(identity, objects, height, width),
-            audio=world.synthesize_speech(seconds, clip_seed, "heldout"),
-            prompt=world.short_prompt(instructions, objects),
+            audio=(world.synthesize_speech(seconds, clip_seed, "heldout") if not speech
+                   else _fit(speech[index % len(speech)], round(seconds * world.SAMPLE_RATE))),
+            prompt=(sample_user_prompt(instructions, objects, "heldout", np.random.default_rng(clip_seed)).text
+                    if user_prompts else world.short_prompt(instructions, objects)),
             identity=identity, instructions=instructions, objects=objects, fps=fps, seed=clip_seed,
         ))
     return cases
+
+
+def _fit(audio: np.ndarray, num_samples: int) -> np.ndarray:
+    """`audio` cut or padded with silence to `num_samples`."""
+    audio = np.asarray(audio, dtype=np.float32)[:num_samples]
+    return np.pad(audio, (0, num_samples - len(audio)))
 
 
 def render_ground_truth_generator(cases: list[BenchmarkCase]):
@@ -121,12 +138,15 @@ def _as_frames(frames, expected_size) -> np.ndarray:
 
 def run_synthetic_benchmark(generate, n_clips: int = 8, seconds: float = 4.0, fps: float = 25.0, height: int = 64,
                             width: int = 64, seed: int = 0, max_lag: int = 2, drift_window_seconds: float = 1.0,
-                            swapped_audio: bool = True) -> dict:
+                            swapped_audio: bool = True, speech: list[np.ndarray] | None = None,
+                            user_prompts: bool = False) -> dict:
     """Scores `generate(image: PIL.Image, audio: np.ndarray (N,) float32 16 kHz, prompt: str) -> (F, H, W, 3)
     uint8` on `n_clips` held-out clips of `seconds` each at `fps`; see the module docstring for the metrics.
 
     Returns a JSON-able dict: the settings, the metrics, and `clips` (one dict per clip)."""
-    cases = make_benchmark_cases(n_clips, seconds, fps, height, width, seed)
+    if swapped_audio and n_clips < 2:
+        raise ValueError(f"the swapped-audio test pairs clips: pass at least 2 clips or turn it off; got {n_clips}.")
+    cases = make_benchmark_cases(n_clips, seconds, fps, height, width, seed, speech, user_prompts)
     window = max(1, round(drift_window_seconds * fps))
     generation_seconds, generated_seconds = 0.0, 0.0
 
@@ -162,6 +182,7 @@ def run_synthetic_benchmark(generate, n_clips: int = 8, seconds: float = 4.0, fp
         clips.append({
             "prompt": case.prompt, "instructions": case.instructions, "detected": sorted(detected),
             "unasked_motions": unasked, "objects": case.objects, "num_frames": num_frames,
+            "instruction_prompt": world.short_prompt(case.instructions, case.objects),
             "identity_colour_error": float(errors.mean()), "identity": case.identity.to_dict(),
         })
 
@@ -170,14 +191,24 @@ def run_synthetic_benchmark(generate, n_clips: int = 8, seconds: float = 4.0, fp
         clip["lip_sync_r"] = r
     per_window = [float(np.mean([w[i] for w in colour_windows if i < len(w)]))
                   for i in range(max(map(len, colour_windows)))]
+    window_centres = (np.arange(len(per_window)) + 0.5) * window / fps
+    slope = float(np.polyfit(window_centres, per_window, 1)[0]) if len(per_window) > 1 else 0.0
+    lip_sync_per_window = []  # at the lag of the whole clips
+    for start in range(0, max(map(len, envelopes)), window):
+        rs = [_lagged_pearson(m[start: start + window], e[start: start + window], sync["lag_frames"])
+              for m, e in zip(mouths, envelopes) if len(e) - start > abs(sync["lag_frames"]) + 1]
+        lip_sync_per_window.append(float(np.mean(rs)) if rs else None)
     results = {
         "settings": {"n_clips": n_clips, "seconds": seconds, "fps": fps, "height": height, "width": width,
-                     "seed": seed, "max_lag": max_lag, "drift_window_seconds": drift_window_seconds},
+                     "seed": seed, "max_lag": max_lag, "drift_window_seconds": drift_window_seconds,
+                     "user_prompts": user_prompts},
         "lip_sync_r": sync["r"],
         "lip_sync_lag_frames": sync["lag_frames"],
         "identity_colour_error": float(np.mean([c["identity_colour_error"] for c in clips])),
         "identity_colour_error_per_window": per_window,
         "identity_colour_drift": per_window[-1] - per_window[0],
+        "identity_colour_slope_per_second": slope,
+        "lip_sync_r_per_window": lip_sync_per_window,
         "instruction_recall": recalled / instructed if instructed else None,
         "no_unasked_motion": clean_clips / len(cases),
         "object_persistence": float(np.mean(persistence)) if persistence else None,
@@ -196,6 +227,7 @@ TABLE_ROWS = (  # (key, label, formatter)
     ("swapped_audio_r", "swapped-audio r (near 0 is better)", "{:.3f}".format),
     ("identity_colour_error", "identity colour error", lambda error: f"{error * 255:.1f}/255"),
     ("identity_colour_drift", "identity colour drift (last - first window)", lambda drift: f"{drift * 255:+.1f}/255"),
+    ("identity_colour_slope_per_second", "identity colour error slope", lambda slope: f"{slope * 255:+.2f}/255 per s"),
     ("instruction_recall", "instructed motions detected", "{:.1%}".format),
     ("no_unasked_motion", "clips without unasked motion", "{:.1%}".format),
     ("object_persistence", "held objects visible (frames)", "{:.1%}".format),
@@ -207,7 +239,8 @@ def format_benchmark_table(results: dict) -> str:
     """The headline metrics of `run_synthetic_benchmark` as a Markdown table."""
     settings = results["settings"]
     lines = [f"Synthetic benchmark: {settings['n_clips']} held-out clips x {settings['seconds']} s at "
-             f"{settings['fps']} fps, {settings['height']}x{settings['width']}", "",
+             f"{settings['fps']} fps, {settings['height']}x{settings['width']}"
+             + (", held-out user-style prompts" if settings.get("user_prompts") else ""), "",
              "| metric | value |", "|---|---|"]
     for key, label, formatter in TABLE_ROWS:
         value = results.get(key)

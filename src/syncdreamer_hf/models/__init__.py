@@ -1,4 +1,4 @@
 from .audio_dynamics import AudioDynamicsEncoder, AudioDynamicsOutput
 from .autoencoder_frame import SyncDreamerFrameAutoencoder
 from .transformer_syncdreamer import SyncDreamerTransformer3DModel, SyncDreamerTransformerOutput
-from .visual_adapter import REGION_GROUPS, SyncDreamerVisualAdapter
+from .visual_adapter import REGION_GROUPS, SyncDreamerVisualAdapter, SyncDreamerVisualAdapterOutput

@@ -16,6 +16,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 
+from ..model_cards import ModelCardMixin
+
 @dataclass
 class AudioDynamicsOutput(BaseOutput):
     """
@@ -28,7 +30,7 @@ class AudioDynamicsOutput(BaseOutput):
     expressivity: torch.Tensor
 
 
-class AudioDynamicsEncoder(ModelMixin, ConfigMixin):
+class AudioDynamicsEncoder(ModelCardMixin, ModelMixin, ConfigMixin):
     r"""
     Args:
         audio_feature_dim (`int`, defaults to `768`): width of the Wav2Vec2 hidden states.
@@ -43,6 +45,8 @@ class AudioDynamicsEncoder(ModelMixin, ConfigMixin):
         temporal_stride (`int`, defaults to `4`): video frames per latent frame, the VAE's temporal compression
             (`vae.config.scale_factor_temporal`; 4 for Wan; latent frame 0 is video frame 0 alone).
     """
+
+    _model_card_template = "audio_dynamics_encoder.md"
 
     @register_to_config
     def __init__(

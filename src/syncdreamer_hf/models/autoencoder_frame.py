@@ -15,6 +15,8 @@ from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDis
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from diffusers.models.modeling_utils import ModelMixin
 
+from ..model_cards import ModelCardMixin
+
 
 class ResidualBlock(nn.Module):
     def __init__(self, channels: int):
@@ -27,7 +29,7 @@ class ResidualBlock(nn.Module):
         return x + self.block(x)
 
 
-class SyncDreamerFrameAutoencoder(ModelMixin, ConfigMixin):
+class SyncDreamerFrameAutoencoder(ModelCardMixin, ModelMixin, ConfigMixin):
     r"""
     Args:
         in_channels (`int`, defaults to `3`): channels of the video.
@@ -41,6 +43,7 @@ class SyncDreamerFrameAutoencoder(ModelMixin, ConfigMixin):
     """
 
     _supports_gradient_checkpointing = False
+    _model_card_template = "frame_autoencoder.md"
 
     @register_to_config
     def __init__(

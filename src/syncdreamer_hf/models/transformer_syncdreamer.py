@@ -39,11 +39,15 @@ from diffusers.models.transformers.transformer_wan import (
 from diffusers.utils import BaseOutput, apply_lora_scale, logging
 from diffusers.utils.torch_utils import maybe_allow_in_graph
 
+from ..model_cards import ModelCardMixin
+
 
 logger = logging.get_logger(__name__)
 
-# Modules that `WanTransformer3DModel` does not have: they start from scratch in `from_wan`.
+# Modules that `WanTransformer3DModel` does not have: they start from scratch in `from_wan`. Read them through
+# `SyncDreamerTransformer3DModel.new_branch_modules()` / `.audio_branch_modules()`.
 NEW_BRANCH_MODULES = ("identity_embedder", "audio_embedder", "norm_identity", "attn_identity", "norm_audio", "attn_audio")
+AUDIO_BRANCH_MODULES = ("audio_embedder", "norm_audio", "attn_audio")
 
 
 @dataclass
@@ -226,7 +230,9 @@ TransformerBlockRegistry.register(
 )
 
 
-class SyncDreamerTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, AttentionMixin):
+class SyncDreamerTransformer3DModel(
+    ModelCardMixin, ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, AttentionMixin
+):
     r"""
     The SyncDreamer video transformer: `WanTransformer3DModel` (Wan2.1) plus identity and audio cross-attention.
 
@@ -247,6 +253,7 @@ class SyncDreamerTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, C
     """
 
     _supports_gradient_checkpointing = True
+    _model_card_template = "transformer.md"
     _skip_layerwise_casting_patterns = ["patch_embedding", "condition_embedder", "norm"]
     _no_split_modules = ["SyncDreamerTransformerBlock"]
     _keep_in_fp32_modules = [
@@ -405,6 +412,49 @@ class SyncDreamerTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, C
             return (output, identity_attention) if return_identity_attention else (output,)
         return SyncDreamerTransformerOutput(sample=output, identity_attention=identity_attention)
 
+    # peft LoRA targets: the Wan part of every block (self- and text attention, feed-forward). The new branches are
+    # not targeted: a LoRA run trains them in full (`new_branch_parameters()`).
+    lora_target_modules = [
+        *(f"{attn}.{proj}" for attn in ("attn1", "attn2") for proj in ("to_q", "to_k", "to_v", "to_out.0")),
+        "ffn.net.0.proj",
+        "ffn.net.2",
+    ]
+
+    def new_branch_modules(self) -> dict[str, nn.Module]:
+        """The modules Wan does not have, by qualified name: the identity and audio embedders and every block's
+        identity/audio cross-attention with its norm."""
+        return {name: module for name, module in self.named_modules() if name.split(".")[-1] in NEW_BRANCH_MODULES}
+
+    def audio_branch_modules(self) -> dict[str, nn.Module]:
+        """The audio part of the new branches (audio embedder, every block's audio cross-attention and norm): frozen
+        while the audio is off (training stage 1)."""
+        return {name: module for name, module in self.named_modules() if name.split(".")[-1] in AUDIO_BRANCH_MODULES}
+
+    def new_branch_parameters(self) -> list[nn.Parameter]:
+        return [parameter for module in self.new_branch_modules().values() for parameter in module.parameters()]
+
+    def audio_branch_parameters(self) -> list[nn.Parameter]:
+        return [parameter for module in self.audio_branch_modules().values() for parameter in module.parameters()]
+
+    def new_branch_state_dict(self, state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The new branches' weights under their `state_dict()` names (detached, on CPU): what a LoRA run saves next
+        to the LoRA layers (`load_new_branch_state_dict` reads it back). `state_dict`: take them from this full state
+        dict of the model instead (e.g. one gathered from FSDP shards)."""
+        prefixes = tuple(f"{name}." for name in self.new_branch_modules())
+        state_dict = self.state_dict() if state_dict is None else state_dict
+        return {key: tensor.detach().cpu().contiguous() for key, tensor in state_dict.items() if key.startswith(prefixes)}
+
+    def load_new_branch_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Loads `new_branch_state_dict()` output; raises `ValueError` when its keys are not exactly this model's new
+        branches (another size of model, or not a new-branch file)."""
+        expected = set(self.new_branch_state_dict())
+        if set(state_dict) != expected:
+            unexpected, missing = sorted(set(state_dict) - expected), sorted(expected - set(state_dict))
+            raise ValueError(
+                f"The new-branch weights do not fit this transformer: unexpected {unexpected[:3]}, missing {missing[:3]}."
+            )
+        self.load_state_dict(state_dict, strict=False)
+
     @classmethod
     def from_wan(
         cls,
@@ -436,14 +486,13 @@ class SyncDreamerTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, C
         # Build without allocating the Wan-shaped weights, then materialise only the new branches.
         with init_empty_weights():
             model = cls(**config)
-        for name, module in model.named_modules():
-            if name.split(".")[-1] in NEW_BRANCH_MODULES:
-                module.to_empty(device=wan.device)
-                for submodule in module.modules():
-                    if hasattr(submodule, "reset_parameters"):
-                        submodule.reset_parameters()
-                keep_fp32 = name.split(".")[-1] in cls._keep_in_fp32_modules
-                module.to(torch.float32 if keep_fp32 else wan.dtype)
+        for name, module in model.new_branch_modules().items():
+            module.to_empty(device=wan.device)
+            for submodule in module.modules():
+                if hasattr(submodule, "reset_parameters"):
+                    submodule.reset_parameters()
+            keep_fp32 = name.split(".")[-1] in cls._keep_in_fp32_modules
+            module.to(torch.float32 if keep_fp32 else wan.dtype)
         for block in model.blocks:
             block.zero_init_new_branches()
 

@@ -5,13 +5,30 @@ K learnable queries attend to each other and cross-attend to the hidden states o
 global); the attention localization loss keeps the video tokens that attend to a query inside that region.
 """
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import BaseOutput
 
-REGION_GROUPS = ("eyes", "mouth", "hair", "jaw", "hands", "global")
+from ..model_cards import ModelCardMixin
+from ..regions import REGION_NAMES
+
+REGION_GROUPS = (*REGION_NAMES, "global")
+
+
+@dataclass
+class SyncDreamerVisualAdapterOutput(BaseOutput):
+    """
+    Args:
+        identity_embeds (`(B, K, identity_dim)`): the identity tokens, in the order of `config.query_regions`
+            (with `raw_image_tokens`: `(B, N_img, identity_dim)`).
+    """
+
+    identity_embeds: torch.Tensor
 
 
 def default_query_regions(num_queries: int) -> list[str]:
@@ -21,7 +38,7 @@ def default_query_regions(num_queries: int) -> list[str]:
     return regions + ["global"] * (num_queries - len(regions))
 
 
-class SyncDreamerVisualAdapter(ModelMixin, ConfigMixin):
+class SyncDreamerVisualAdapter(ModelCardMixin, ModelMixin, ConfigMixin):
     r"""
     Q-Former-style identity encoder: `(B, N_img, image_embed_dim)` image tokens -> `(B, K, identity_dim)`.
 
@@ -40,6 +57,7 @@ class SyncDreamerVisualAdapter(ModelMixin, ConfigMixin):
     """
 
     _supports_gradient_checkpointing = False
+    _model_card_template = "visual_adapter.md"
 
     @register_to_config
     def __init__(
@@ -91,19 +109,26 @@ class SyncDreamerVisualAdapter(ModelMixin, ConfigMixin):
         """Indices of the queries of one region group, e.g. `adapter.region_index("mouth")`."""
         return torch.tensor([i for i, name in enumerate(self.config.query_regions) if name == region], dtype=torch.long)
 
-    def forward(self, image_embeds: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, image_embeds: torch.Tensor, return_dict: bool = True
+    ) -> SyncDreamerVisualAdapterOutput | tuple[torch.Tensor]:
         """
         Args:
             image_embeds (`(B, N_img, image_embed_dim)`): image-encoder hidden states of the reference image.
+            return_dict (`bool`, defaults to `True`): return a [`SyncDreamerVisualAdapterOutput`] instead of a
+                tuple `(identity_embeds,)`.
 
         Returns:
-            `(B, K, identity_dim)` identity tokens, in the order of `config.query_regions` (with
-            `raw_image_tokens`: `(B, N_img, identity_dim)`).
+            [`SyncDreamerVisualAdapterOutput`] with `identity_embeds (B, K, identity_dim)`.
         """
         image_embeds = self.norm_in(image_embeds)
         if self.config.raw_image_tokens:
-            return self.proj_out(image_embeds)
-        queries = self.queries.expand(image_embeds.shape[0], -1, -1).to(image_embeds.dtype)  # (B, K, hidden_dim)
-        for layer in self.layers:
-            queries = layer(queries, encoder_hidden_states=image_embeds)
-        return self.proj_out(self.norm_out(queries))
+            identity_embeds = self.proj_out(image_embeds)  # (B, N_img, identity_dim)
+        else:
+            queries = self.queries.expand(image_embeds.shape[0], -1, -1).to(image_embeds.dtype)  # (B, K, hidden_dim)
+            for layer in self.layers:
+                queries = layer(queries, encoder_hidden_states=image_embeds)
+            identity_embeds = self.proj_out(self.norm_out(queries))  # (B, K, identity_dim)
+        if not return_dict:
+            return (identity_embeds,)
+        return SyncDreamerVisualAdapterOutput(identity_embeds=identity_embeds)

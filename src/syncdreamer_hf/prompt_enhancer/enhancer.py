@@ -20,6 +20,7 @@ from diffusers.configuration_utils import ConfigMixin
 from transformers import AutoConfig, AutoModelForImageTextToText
 
 from ..media import load_image
+from ..model_cards import PLACEHOLDER_REPO_ID, ModelCardMixin, render_component_card
 from .processing import load_processor
 from .rewards import ATTRIBUTE_KEYS
 
@@ -36,9 +37,11 @@ ENHANCE_INSTRUCTION = (
 )
 
 
-def enhance_text(prompt: str, attributes: dict) -> str:
-    """The instruction text `enhance` sends with the image; training data uses the same text."""
-    return f"{ENHANCE_INSTRUCTION}\nImage: {json.dumps(attributes)}\nRequest: {prompt}"
+def enhance_text(prompt: str, attributes: dict | None) -> str:
+    """The instruction text `enhance` sends with the image; training data uses the same text. `attributes=None`
+    (an enhancer with `use_attributes=False`) leaves the image alone to ground the request."""
+    image = "" if attributes is None else f"\nImage: {json.dumps(attributes)}"
+    return f"{ENHANCE_INSTRUCTION}{image}\nRequest: {prompt}"
 
 
 def chat_messages(text: str) -> list[dict]:
@@ -92,7 +95,7 @@ def parse_attributes(text: str) -> dict:
     return {key: _as_value(parsed.get(key)) for key in ATTRIBUTE_KEYS}
 
 
-class SyncDreamerPromptEnhancer(ModelMixin, ConfigMixin):
+class SyncDreamerPromptEnhancer(ModelCardMixin, ModelMixin, ConfigMixin):
     """Qwen2-VL family model + processor (+ optional LoRA adapter) that writes motion instructions.
 
     Args:
@@ -101,14 +104,17 @@ class SyncDreamerPromptEnhancer(ModelMixin, ConfigMixin):
         image_size: reference images are resized to `image_size` x `image_size` before the VLM; one fixed size
             keeps the number of image tokens, and batched / vLLM generation, stable.
         max_new_tokens: default generation length of `enhance` and `extract_attributes`.
+        use_attributes: whether `enhance` first extracts the image's attributes as JSON and sends them with the
+            request (the two-step recipe of the paper); `False` sends the image and the request only, for small
+            enhancers trained to read the image directly.
     """
 
     config_name = "enhancer_config.json"
 
-    def __init__(self, model, processor, image_size: int = 448, max_new_tokens: int = 128):
+    def __init__(self, model, processor, image_size: int = 448, max_new_tokens: int = 128, use_attributes: bool = True):
         super().__init__()
         # registered by hand: the decorator form misplaces positional arguments next to unregistered ones
-        self.register_to_config(image_size=image_size, max_new_tokens=max_new_tokens)
+        self.register_to_config(image_size=image_size, max_new_tokens=max_new_tokens, use_attributes=use_attributes)
         self.model = model
         self.processor = processor
         # decoder-only generation pads on the left; TRL's GRPO forward also assumes the processor does
@@ -121,7 +127,7 @@ class SyncDreamerPromptEnhancer(ModelMixin, ConfigMixin):
         """Loads the VLM through `AutoModelForImageTextToText`, its processor, and a LoRA adapter when
         `adapter_name_or_path` is given or the folder has an `adapter/` subfolder.
 
-        `kwargs`: `image_size` / `max_new_tokens` override the saved settings; hub options (`cache_dir`, `revision`, `token`, `local_files_only`) go to every loader; model
+        `kwargs`: `image_size` / `max_new_tokens` / `use_attributes` override the saved settings; hub options (`cache_dir`, `revision`, `token`, `local_files_only`) go to every loader; model
         options (`max_memory`, `offload_folder`, `variant`, `use_safetensors`, `attn_implementation`) to the VLM.
         The diffusers-only options a pipeline passes to every component (`low_cpu_mem_usage`,
         `offload_state_dict`, `use_flashpack`, `disable_mmap`) do not apply to a transformers model and are dropped.
@@ -142,7 +148,7 @@ class SyncDreamerPromptEnhancer(ModelMixin, ConfigMixin):
             config = cls.load_config(path, **hub_kwargs)
         except EnvironmentError:  # a plain VLM checkpoint: default settings
             config = {}
-        settings = {key: kwargs.pop(key, config.get(key)) for key in ("image_size", "max_new_tokens")}
+        settings = {key: kwargs.pop(key, config.get(key)) for key in ("image_size", "max_new_tokens", "use_attributes")}
         settings = {key: value for key, value in settings.items() if value is not None}
 
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, device_map=device_map, **kwargs)
@@ -177,6 +183,14 @@ class SyncDreamerPromptEnhancer(ModelMixin, ConfigMixin):
             **kwargs,
         )
         self.processor.save_pretrained(save_directory)
+        self.save_model_cards(save_directory)
+
+    def model_card(self, repo_id: str = PLACEHOLDER_REPO_ID):
+        """The enhancer's model card (`README.md`, written by `save_pretrained`)."""
+        return render_component_card(
+            self, "prompt_enhancer.md", repo_id, library_name="transformers",
+            model_type=self.model.config.model_type, has_adapter=hasattr(self.model, "peft_config"),
+        )
 
     def merge_adapter(self) -> "SyncDreamerPromptEnhancer":
         """Folds the LoRA adapter into the base weights (faster generation; `save_pretrained` then writes one
@@ -228,11 +242,13 @@ class SyncDreamerPromptEnhancer(ModelMixin, ConfigMixin):
         """The motion-aware instruction for `prompt` given the reference `image`.
 
         Takes one image and one prompt, or lists of both (then returns a list). `attributes` (a dict per image)
-        skips the extraction step. Greedy, hence deterministic, unless `do_sample=True` is passed. An empty answer
+        skips the extraction step (an enhancer with `use_attributes=False` never extracts). Greedy, hence deterministic, unless `do_sample=True` is passed. An empty answer
         falls back to the user's prompt, so the video model always gets text.
         """
         images, prompts, batched = self._as_batch(image, prompt)
-        if attributes is None:
+        if not self.config.use_attributes:
+            attributes = [None] * len(images)
+        elif attributes is None:
             attributes = self.extract_attributes(images, **generate_kwargs)
         elif isinstance(attributes, dict):
             attributes = [attributes]

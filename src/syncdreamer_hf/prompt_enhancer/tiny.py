@@ -57,15 +57,16 @@ def build_tiny_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
     )
 
 
-def build_tiny_qwen2_vl(save_directory, hidden_size: int = 32, image_size: int = 32, seed: int = 0) -> str:
-    """Saves a random ~70k-parameter Qwen2-VL with its tokenizer and (torchvision-free) processor as an enhancer
-    folder; returns the path.
+def build_tiny_qwen2_vl(save_directory, hidden_size: int = 32, image_size: int = 32, seed: int = 0, tokenizer=None,
+                        max_new_tokens: int = 24, use_attributes: bool = True) -> str:
+    """Saves a random ~70k-parameter Qwen2-VL with its tokenizer (default: `build_tiny_tokenizer()`) and
+    (torchvision-free) processor as an enhancer folder; returns the path.
 
     Images are resized to `image_size`^2 pixels and cut into 8x8 patches merged 2x2: (image_size / 16)^2 tokens.
     """
     import torch
 
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tokenizer or build_tiny_tokenizer()
     head_dim = hidden_size // 2
     config = Qwen2VLConfig(
         text_config={
@@ -99,7 +100,10 @@ def build_tiny_qwen2_vl(save_directory, hidden_size: int = 32, image_size: int =
         min_pixels=image_size**2, max_pixels=image_size**2, patch_size=8, merge_size=2, temporal_patch_size=2
     )
     processor = image_only_processor_class(Qwen2VLProcessor)(image_processor, tokenizer, chat_template=CHAT_TEMPLATE)
-    SyncDreamerPromptEnhancer(model, processor, image_size=image_size, max_new_tokens=24).save_pretrained(save_directory)
+    enhancer = SyncDreamerPromptEnhancer(
+        model, processor, image_size=image_size, max_new_tokens=max_new_tokens, use_attributes=use_attributes
+    )
+    enhancer.save_pretrained(save_directory)
     return str(save_directory)
 
 

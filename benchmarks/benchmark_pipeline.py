@@ -4,7 +4,7 @@
    its peak RSS is its own): the cost per second should stay flat as the audio gets longer.
 2. Transformer step time, ours (with identity and audio tokens) vs `WanTransformer3DModel` of the same size.
 
-    OMP_NUM_THREADS=1 python training_scripts/benchmark_pipeline.py
+    OMP_NUM_THREADS=1 python benchmarks/benchmark_pipeline.py
 """
 
 import argparse

@@ -7,7 +7,7 @@
 - a CLIP or SigLIP vision model and its image processor;
 - a fresh visual adapter and audio dynamics encoder sized to fit them.
 
-    python training_scripts/assemble_pipeline.py --wan Wan-AI/Wan2.1-T2V-1.3B-Diffusers \
+    python scripts/convert_wan_to_syncdreamer.py --wan Wan-AI/Wan2.1-T2V-1.3B-Diffusers \
         --output pipelines/syncdreamer-wan2.1-1.3b-init --torch-dtype bfloat16
 """
 

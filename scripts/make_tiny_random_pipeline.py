@@ -3,7 +3,7 @@
 It loads and runs on CPU in about a second and produces noise: it exists so that `syncdreamer generate`, the
 tests and the Hub layout work end to end before a trained model replaces it as the default.
 
-    python training_scripts/make_tiny_random_pipeline.py --output pipelines/syncdreamer-tiny-random
+    python scripts/make_tiny_random_pipeline.py --output pipelines/syncdreamer-tiny-random
 """
 
 import argparse

@@ -1,8 +1,8 @@
 """Writes the config-only pipeline recipes `pipelines/syncdreamer-wan2.1-1.3b` and `-14b`: model_index.json and
 every component's config, no weights (instantiate with `from_config`; fill with
-`training_scripts/assemble_pipeline.py` and training). The tokenizer is Wan's umT5 tokenizer, not copied here.
+`scripts/convert_wan_to_syncdreamer.py` and training). The tokenizer is Wan's umT5 tokenizer, not copied here.
 
-    python training_scripts/make_recipes.py --output pipelines
+    python scripts/make_recipes.py --output pipelines
 """
 
 import argparse

@@ -2,7 +2,7 @@
 `examples/reference.png` (a held-out identity at rest, 64x64, never trained on), `examples/speech.wav` (4 s of
 held-out synthetic speech, 16 kHz) and `examples/prompt.txt` (an instruction the model was trained to follow).
 
-    python training_scripts/make_examples.py --output examples
+    python scripts/make_examples.py --output examples
 """
 
 import argparse
