@@ -35,6 +35,7 @@ import inspect
 import json
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -431,18 +432,20 @@ def save_record(work_dir: Path, record: dict) -> None:
 
 def model_card_note(args, summary: dict) -> str:
     """The card's account of the distillation: teacher, pairs, training, wall times, the command."""
+    guidance = summary["teacher_guidance"]
     return "\n".join(
         [
             f"Distilled from `{summary['teacher']}` by `training_scripts/distill_syncdreamer.py` (reflow with the teacher's "
             f"guidance baked in): {summary['num_pairs']} teacher pairs (cached windows denoised by the teacher with "
-            f"{summary['teacher_steps']} steps and guidance {summary['teacher_guidance']}), then {summary['train_steps']} "
+            f"{summary['teacher_steps']} steps, text guidance {guidance['guidance_scale']:g} and audio guidance "
+            f"{guidance['audio_guidance_scale']:g}: 3 transformer passes per step), then {summary['train_steps']} "
             f"steps of batch {summary['train_batch_size']} on the straight paths at the sigmas of the "
             f"{'/'.join(map(str, summary['student_steps']))}-step schedules; final loss {summary['final_loss']:.4f}.",
             "",
             f"- sampling defaults: {args.num_inference_steps} steps, `guidance_scale=1.0`, `audio_guidance_scale=1.0` "
             "(one transformer pass per step; the guidance is in the weights).",
-            f"- wall time: teacher pairs {summary['teacher_pairs_seconds'] / 60:.1f} min, training "
-            f"{summary['train_seconds'] / 60:.1f} min.",
+            f"- wall time (the threads and machine load of the run): teacher pairs "
+            f"{summary['teacher_pairs_seconds'] / 60:.1f} min, training {summary['train_seconds'] / 60:.1f} min.",
             "",
             "Distillation command:",
             "",
@@ -639,7 +642,8 @@ def main(argv=None):
             "teacher_pairs_seconds": round(record["teacher_pairs_seconds"], 1),
             "train_seconds": round(record["train_seconds"], 1),
             **teacher_sampling_summary,
-            "command": "python training_scripts/distill_syncdreamer.py "
+            "command": (f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else "")
+            + "python training_scripts/distill_syncdreamer.py "
             + " ".join(sys.argv[1:] if argv is None else argv),
         }
         save_student(args, accelerator.unwrap_model(module), scheduler, summary)
