@@ -5,6 +5,7 @@ step with its own sampling defaults."""
 import copy
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from syncdreamer_hf.tiny import TINY_PIPELINE_CONFIG, build_tiny_components
 from syncdreamer_hf.training import SyncDreamerTrainingModule
 
 distill = load_script("distill_syncdreamer")
+REPO = Path(__file__).resolve().parents[1]
 
 TEACHER_CONFIG = {
     **TINY_PIPELINE_CONFIG,
@@ -274,3 +276,42 @@ def test_rerun_keeps_the_pairs_and_resumes_the_student(teacher_dir, cache_dir, s
     finished = SyncDreamerTrainingModule.from_pretrained(student_dir).state_dict()
     assert all(torch.equal(resumed[name], finished[name]) for name in finished)
     assert json.loads((tmp_path / "distillation.json").read_text())["train_steps"] == 30
+
+
+SHIPPED_STUDENT, SHIPPED_TEACHER = REPO / "pipelines" / "syncdreamer-tiny-fast", REPO / "pipelines" / "syncdreamer-tiny"
+
+
+@pytest.mark.parametrize("component", ["text_encoder", "image_encoder", "audio_encoder", "vae", "tokenizer"])
+def test_shipped_student_shares_the_default_models_frozen_components(component):
+    """SyncDreamer-Tiny-Fast is a student of the default model: a new default with other frozen encoders or VAE needs
+    a new student (`training_scripts/FAST_STUDENT.md` has the command)."""
+    folder = SHIPPED_TEACHER / component
+    files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("tokenizer.json"))  # weights, vocabulary
+    assert files
+    for teacher_file in files:
+        student_file = SHIPPED_STUDENT / component / teacher_file.name
+        assert teacher_file.read_bytes() == student_file.read_bytes(), teacher_file
+
+
+def test_shipped_student_runs_one_pass_per_step_with_its_defaults():
+    teacher = SyncDreamerPipeline.load_config(SHIPPED_TEACHER)
+    pipe = SyncDreamerPipeline.from_pretrained(SHIPPED_STUDENT)
+    pipe.set_progress_bar_config(disable=True)
+    assert (pipe.config.default_guidance_scale, pipe.config.default_audio_guidance_scale) == (1.0, 1.0)
+    for name in ("num_frames_per_window", "num_motion_frames", "reference_sink", "default_max_sequence_length"):
+        assert pipe.config[name] == teacher[name], name
+    passes = count_transformer_passes(pipe)
+    frames = pipe(
+        image=REPO / "examples" / "reference.png",
+        audio=np.zeros(round(9 / FPS * 16000), np.float32),
+        sample_rate=16000,
+        prompt="raise the right hand",
+    ).frames
+    assert frames.shape == (1, 9, 64, 64, 3)
+    assert passes == [1] * pipe.config.default_num_inference_steps  # 9 frames: one window
+
+
+def test_a_reference_sink_teacher_needs_reference_latents_in_the_cache(teacher_dir, tmp_path):
+    cache = write_random_cache(tmp_path / "cache", num_windows=2, with_reference=False)
+    with pytest.raises(ValueError, match="reference_latents"):
+        run_distillation(teacher_dir, cache, tmp_path / "student", "--max_train_steps", "1")

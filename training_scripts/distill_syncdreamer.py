@@ -509,6 +509,11 @@ def main(argv=None):
     settings = pipeline_settings(args.pretrained_model_name_or_path)
     num_sink_frames = int(settings["reference_sink"])
     windows = CachedWindowDataset(args.cache_dir)
+    if num_sink_frames and "reference_latents" not in windows[0]:
+        raise ValueError(
+            f"{args.pretrained_model_name_or_path} has `reference_sink`: its windows need the cache's `reference_latents`, "
+            f"which {args.cache_dir} lacks; rebuild the cache with `syncdreamer preprocess`."
+        )
     record = load_record(work_dir)  # wall times and loss, summed over resumed runs
 
     # 1. Teacher pairs (the frozen teacher is freed afterwards)
