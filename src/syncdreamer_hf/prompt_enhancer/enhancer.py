@@ -132,8 +132,6 @@ class SyncDreamerPromptEnhancer(ModelCardMixin, ModelMixin, ConfigMixin):
         The diffusers-only options a pipeline passes to every component (`low_cpu_mem_usage`,
         `offload_state_dict`, `use_flashpack`, `disable_mmap`) do not apply to a transformers model and are dropped.
         """
-        from peft import PeftModel
-
         for diffusers_option in ("low_cpu_mem_usage", "offload_state_dict", "use_flashpack", "disable_mmap"):
             kwargs.pop(diffusers_option, None)
         path = pretrained_model_name_or_path
@@ -154,7 +152,9 @@ class SyncDreamerPromptEnhancer(ModelCardMixin, ModelMixin, ConfigMixin):
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, device_map=device_map, **kwargs)
         if adapter_name_or_path is None and os.path.isdir(os.path.join(path, ADAPTER_SUBFOLDER)):
             adapter_name_or_path = os.path.join(path, ADAPTER_SUBFOLDER)
-        if adapter_name_or_path is not None:
+        if adapter_name_or_path is not None:  # peft only for a LoRA adapter: a plain install loads a full model
+            from peft import PeftModel
+
             model = PeftModel.from_pretrained(model, adapter_name_or_path, **hub_kwargs)
         return cls(model.eval(), load_processor(path, **hub_kwargs), **settings)
 
@@ -162,12 +162,10 @@ class SyncDreamerPromptEnhancer(ModelCardMixin, ModelMixin, ConfigMixin):
         """Writes the VLM, its processor and `enhancer_config.json` into `save_directory`, and a LoRA adapter (if
         any) into `save_directory/adapter`. `merge_adapter()` first to save one merged model instead.
         `kwargs` (e.g. `push_to_hub`, `repo_id`) go to the VLM's `save_pretrained`."""
-        from peft import PeftModel
-
         os.makedirs(save_directory, exist_ok=True)
         self.save_config(save_directory)
         model, state_dict = self.model, None
-        if isinstance(model, PeftModel):
+        if hasattr(model, "peft_config") and hasattr(model, "get_base_model"):  # a peft model (LoRA adapter)
             model.save_pretrained(os.path.join(save_directory, ADAPTER_SUBFOLDER), safe_serialization=safe_serialization)
             model = model.get_base_model()
             # LoRA layers wrap each target as `<name>.base_layer`; save the base weights under their original names
