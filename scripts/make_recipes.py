@@ -17,7 +17,7 @@ from syncdreamer_hf.models.audio_dynamics import AudioDynamicsEncoder
 from syncdreamer_hf.models.transformer_syncdreamer import SyncDreamerTransformer3DModel
 from syncdreamer_hf.models.visual_adapter import SyncDreamerVisualAdapter
 
-# Wan2.1-T2V sizes (DESIGN.md §2)
+# Wan2.1-T2V sizes (the published 1.3B and 14B configs)
 TRANSFORMERS = {
     "1.3b": {"num_attention_heads": 12, "attention_head_dim": 128, "ffn_dim": 8960, "num_layers": 30},
     "14b": {"num_attention_heads": 40, "attention_head_dim": 128, "ffn_dim": 13824, "num_layers": 40},

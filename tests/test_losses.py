@@ -1,4 +1,4 @@
-"""Training losses: flow matching with shifted timesteps, attention localization (DESIGN.md §3), region weights."""
+"""Training losses: flow matching with shifted timesteps, attention localization (the paper's L_loc), region weights."""
 
 import pytest
 import torch

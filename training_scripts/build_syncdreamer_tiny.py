@@ -502,7 +502,7 @@ def write_output(args, run_dir: Path, output_dir: Path, state: dict) -> None:
             "colour error <= 4/255": (last.get("identity_colour_error") or 1) <= 4 / 255,
             "instructions >= 90%": (last.get("instruction_recall") or 0) >= 0.9 and (last.get("no_unasked_motion") or 0) >= 0.9,
         }
-        lines += ["", "Issue-7 targets: " + ", ".join(f"{name} {'met' if ok else 'NOT met'}" for name, ok in met.items())
+        lines += ["", "Targets (lip-sync, colour, instructions): " + ", ".join(f"{name} {'met' if ok else 'NOT met'}" for name, ok in met.items())
                   + ". See `training_scripts/SYNCDREAMER_TINY.md` for the learning curves and what limits this model."]
     write_model_card(
         temporary, pipe, title="SyncDreamer-Tiny",

@@ -3,7 +3,7 @@
 - `sample_flow_sigmas` / `add_flow_noise` / `flow_matching_loss`: rectified flow as Wan2.1,
   x_t = (1 - s) x_0 + s eps, velocity target eps - x_0, sigmas drawn uniformly then shifted
   s = shift * u / (1 + (shift - 1) * u) (the same shift as the `flow_shift` of the inference scheduler).
-- `attention_localization_loss`: DESIGN.md §3, L_loc = 1/(N K) sum_ij (1 - M_ij) A_ij over the identity
+- `attention_localization_loss`: the paper's localization loss, L_loc = 1/(N K) sum_ij (1 - M_ij) A_ij over the identity
   queries that have a region (the `global` queries have no mask and are left out).
 - `region_weighted_flow_matching_loss`: the flow-matching MSE with per-region weights (e.g. mouth x20) from
   the region masks at the latent-token grid.
@@ -139,7 +139,7 @@ def attention_localization_loss(
     query_regions: Sequence[str],
     sample_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """L_loc = 1/(N K) sum_ij (1 - M_ij) A_ij (DESIGN.md §3), averaged over layers and samples.
+    """L_loc = 1/(N K) sum_ij (1 - M_ij) A_ij (the paper's localization loss), averaged over layers and samples.
 
     Attention that a video token outside a query's region pays to that query is penalised; the `global` queries
     (no region) are left out of the sum and of K.

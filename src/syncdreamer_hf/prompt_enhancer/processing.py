@@ -1,7 +1,7 @@
 """Qwen2-VL family processors that load without torchvision.
 
 `AutoProcessor` builds a video processor for every Qwen2-VL family model, and that needs torchvision, which CPU
-machines here do not have (transformers issue 48558). The enhancer only sends images, so where the video processor
+machines here do not have (transformers 5.24 still requires it). The enhancer only sends images, so where the video processor
 cannot load we build the same processor class from its image processor and tokenizer alone.
 """
 
