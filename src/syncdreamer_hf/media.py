@@ -396,10 +396,6 @@ def save_video(frames, path, fps: float, audio=None, sample_rate: int = AUDIO_SA
             before anything is encoded). OSError: the write itself failed.
     """
     writer = VideoWriter(path, fps, audio=audio is not None, sample_rate=sample_rate)
-    frames = _frames_to_uint8(frames)
-    _, height, width, _ = frames.shape
-    if height % 2 or width % 2:
-        raise ValueError(f"H.264 needs even frame sizes; got {height}x{width}. Crop or resize the frames.")
     waveform = None if audio is None else load_audio(audio, sample_rate, target_sample_rate=sample_rate)
     writer.write(frames, waveform)
     return writer.close()
