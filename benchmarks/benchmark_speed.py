@@ -11,9 +11,7 @@ generated second, the speed-up over the teacher at the same thread count, and th
     OMP_NUM_THREADS=1 python benchmarks/benchmark_speed.py --teacher pipelines/syncdreamer-tiny \
         --student pipelines/syncdreamer-tiny-fast --threads 1 2 --output speed.json
 
-The pipeline keeps the cache hooks' state across its windows, but each window starts again at t = 1000, so the state
-is reset after each window's last step here (`pipe.transformer._reset_stateful_cache()` in a step-end callback, as
-diffusers pipelines reset it at the end of a call).
+The pipeline resets the cache hooks' state at the start of every window (each window starts again at t = 1000).
 """
 
 import argparse
@@ -46,17 +44,6 @@ def cache_rows() -> list[tuple[str, object]]:
         ("TaylorSeer interval 2", TaylorSeerCacheConfig(cache_interval=2, **taylor)),
         ("TaylorSeer interval 3", TaylorSeerCacheConfig(cache_interval=3, **taylor)),
     ]
-
-
-def reset_cache_every_window(num_inference_steps: int):
-    """A `callback_on_step_end` that resets the transformer's cache hooks after the last step of every window."""
-
-    def callback(pipe, step, timestep, callback_kwargs):
-        if (step + 1) % num_inference_steps == 0:
-            pipe.transformer._reset_stateful_cache()
-        return {}
-
-    return callback
 
 
 def plan_rows(args) -> list[dict]:
@@ -98,14 +85,6 @@ def plan_rows(args) -> list[dict]:
     return rows
 
 
-def sampling_options(row: dict) -> dict:
-    """The row's pipeline arguments (with the per-window cache reset for a cache-hook row)."""
-    options = dict(row["options"])
-    if row.get("cache") is not None:
-        options["callback_on_step_end"] = reset_cache_every_window(options["num_inference_steps"])
-    return options
-
-
 def make_generate(pipe, row: dict, size: int, seed: int):
     """`generate(image, audio, prompt) -> (F, H, W, 3) uint8` with the row's sampling options."""
 
@@ -119,7 +98,7 @@ def make_generate(pipe, row: dict, size: int, seed: int):
             height=size,
             width=size,
             generator=torch.Generator().manual_seed(seed),
-            **sampling_options(row),
+            **row["options"],
         )
         return (np.asarray(output.frames[0]) * 255).round().astype(np.uint8)
 
@@ -136,7 +115,7 @@ def time_stream(pipe, row: dict, case, seconds: float, size: int, seed: int) -> 
         "fps": FPS,
         "height": size,
         "width": size,
-        **sampling_options(row),
+        **row["options"],
     }
     pipe(audio=case.audio[: int(0.4 * 16000)], **arguments)
     audio = np.resize(case.audio, round(seconds * 16000)).astype(np.float32)

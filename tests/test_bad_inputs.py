@@ -248,6 +248,8 @@ CASES = [
         ("`audio_guidance_scale`", "finite"),
     ),
     Case("guidance_scale=-1", lambda e: generate(e, guidance_scale=-1.0), ValueError, ("`guidance_scale`", ">= 0")),
+    Case("guidance_end=1.5", lambda e: generate(e, guidance_end=1.5), ValueError, ("`guidance_end`", "[0, 1]")),
+    Case("guidance_end=nan", lambda e: generate(e, guidance_end=NAN), ValueError, ("`guidance_end`", "finite")),
     # audio
     Case(
         "audio NaN array",

@@ -6,6 +6,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from diffusers import FirstBlockCacheConfig
 
 from syncdreamer_hf.media import save_video
 from syncdreamer_hf.pipeline_syncdreamer import SyncDreamerPipeline
@@ -130,6 +131,56 @@ def test_guidance_combines_text_and_audio_passes(pipe):
                             "audio_embeds": audio_kwargs["audio_embeds"][:1]})[0]
     torch.testing.assert_close(single, cond, atol=1e-5, rtol=1e-4)
     assert (cond - no_text).abs().max() > 0
+
+
+def test_guidance_end_limits_text_guidance_to_the_first_steps(pipe):
+    """With `guidance_end` e the first round(e * steps) steps of every window are text-guided (two prompts with audio
+    in one batch), the rest run the prompt alone; 0 equals no text guidance, 1 the default."""
+    batch_sizes = []
+    transformer = pipe.transformer
+    original_forward = transformer.forward
+
+    def spy(**kwargs):
+        if kwargs["audio_embeds"] is not None:
+            batch_sizes.append(kwargs["hidden_states"].shape[0])
+        return original_forward(**kwargs)
+
+    transformer.forward = spy
+    try:
+        half = generate(pipe, guidance_scale=5.0, guidance_end=0.5, num_inference_steps=4, audio=speech(0.61)).frames
+    finally:
+        del transformer.forward
+    assert batch_sizes == [2, 2, 1, 1] * 2  # two windows, each guided in its first 2 of 4 steps
+    unguided = generate(pipe, guidance_scale=1.0, num_inference_steps=4, audio=speech(0.61)).frames
+    np.testing.assert_array_equal(
+        generate(pipe, guidance_scale=5.0, guidance_end=0.0, num_inference_steps=4, audio=speech(0.61)).frames, unguided
+    )
+    full = generate(pipe, guidance_scale=5.0, num_inference_steps=4, audio=speech(0.61)).frames
+    np.testing.assert_array_equal(
+        generate(pipe, guidance_scale=5.0, guidance_end=1.0, num_inference_steps=4, audio=speech(0.61)).frames, full
+    )
+    assert np.abs(half - full).max() > 1e-3 and np.abs(half - unguided).max() > 1e-3
+
+
+def test_cache_hooks_start_again_in_every_window(pipe):
+    """A diffusers cache hook's state (the last step's residuals) belongs to one window, which starts again at
+    t = 1000: with First-Block Cache set to always reuse, the tail blocks compute once per kind of pass (with audio,
+    silent) in each of the two windows."""
+    last_block = pipe.transformer.blocks[-1]
+    computed = []
+
+    def spy(*args, **kwargs):
+        computed.append(1)
+        return type(last_block).forward(last_block, *args, **kwargs)
+
+    last_block.forward = spy  # under the cache hook, which wraps the block's forward
+    pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=1e9))
+    try:
+        generate(pipe, audio=speech(0.61), num_inference_steps=3, guidance_scale=5.0, audio_guidance_scale=3.0)
+    finally:
+        pipe.transformer.disable_cache()
+        del last_block.forward
+    assert len(computed) == 2 * 2
 
 
 def test_output_types_and_batch_of_prompts(pipe):
@@ -283,13 +334,13 @@ def test_sampling_defaults_come_from_the_config(pipe):
     configured = SyncDreamerPipeline(
         **pipe.components,
         **{**TINY_PIPELINE_CONFIG, "default_num_inference_steps": 3, "default_guidance_scale": 1.5,
-           "default_audio_guidance_scale": 2.0},
+           "default_audio_guidance_scale": 2.0, "default_guidance_end": 0.5},
     )
     configured.set_progress_bar_config(disable=True)
     steps = []
     kwargs = {"callback_on_step_end": lambda p, i, t, kw: steps.append(i) or {}, "num_inference_steps": None}
     implicit = generate(configured, **kwargs).frames
     assert steps == [0, 1, 2]  # one window, the configured 3 steps
-    explicit = generate(pipe, num_inference_steps=3, guidance_scale=1.5, audio_guidance_scale=2.0).frames
+    explicit = generate(pipe, num_inference_steps=3, guidance_scale=1.5, audio_guidance_scale=2.0, guidance_end=0.5).frames
     np.testing.assert_array_equal(implicit, explicit)
     assert not np.array_equal(explicit, generate(pipe, num_inference_steps=3).frames)  # 5.0 / 4.0 differ

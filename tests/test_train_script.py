@@ -130,6 +130,19 @@ def test_resume_after_kill_gives_identical_weights(pipeline_dir, cache_dir, tmp_
     assert not torch.equal(initial["proj_out.weight"], straight["proj_out.weight"])  # it did train
 
 
+def test_a_run_in_chunks_follows_one_decaying_schedule(pipeline_dir, cache_dir, tmp_path):
+    """`--lr_schedule_steps`: 5 steps, then resumed to 10, on the whole run's cosine schedule give the weights of one
+    10-step run (a chunk scheduled over its own --max_train_steps would decay to zero by step 5)."""
+    schedule = ("--lr_scheduler", "cosine", "--lr_schedule_steps", "10", "--checkpointing_steps", "5")
+    run_in_process(base_argv(pipeline_dir, cache_dir, tmp_path / "straight", 10, *schedule))
+    chunked = tmp_path / "chunked"
+    run_in_process(base_argv(pipeline_dir, cache_dir, chunked, 5, *schedule))
+    run_in_process([*base_argv(pipeline_dir, cache_dir, chunked, 10, *schedule), "--resume_from_checkpoint", "latest"])
+    straight, resumed = trained_weights(tmp_path / "straight"), trained_weights(chunked)
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=0, msg=name)
+
+
 def test_a_failed_checkpoint_write_leaves_no_checkpoint(pipeline_dir, cache_dir, tmp_path, monkeypatch):
     from accelerate import Accelerator
 

@@ -100,7 +100,7 @@ def train_row(name: str, spec: dict, build_args, init_dir: Path, cache_dir: Path
     if "component" in spec or "pipeline_config" in spec:
         init_dir = variant_pipeline(init_dir, row_dir, spec, seed=build_args.seed)
     flags = {k: v for k, v in spec.items() if k not in ("component", "pipeline_config")}
-    row_args = argparse.Namespace(**{**vars(build_args), **flags})
+    row_args = argparse.Namespace(**{**vars(build_args), **flags, "max_train_steps": steps})  # the row's schedule
     command = build.train_command(row_args, init_dir, cache_dir, run_dir, steps)
     if build.latest_step(run_dir) < steps or not (run_dir / "model_index.json").is_file():
         build.log(f"ablation row {name}: training {steps} steps")

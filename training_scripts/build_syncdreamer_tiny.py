@@ -24,7 +24,8 @@ killed run is continued by running the same command again):
 3. latent cache: `syncdreamer preprocess` with the short prompts as the text (the benchmark prompts that way).
 4. training: `training_scripts/train_syncdreamer.py`, stage 2, full fine-tuning, region-weighted loss
    (mouth for lip-sync, hands/eyes/jaw for the instructions), checkpoints, `--resume_from_checkpoint latest`.
-   It runs in chunks of `--chunk_steps`; after each chunk the saved pipeline is scored with
+   It runs in chunks of `--chunk_steps` (the learning-rate schedule, `--lr_scheduler`, spans all of them); after
+   each chunk the saved pipeline is scored with
    `syncdreamer evaluate synthetic` (`--eval_clips`, 0 = off) and the learning curve is written to
    `work_dir/learning_curve.csv`.
 5. `--output`: the trained pipeline (safetensors), its model card (what was trained, what stays random-frozen,
@@ -87,6 +88,8 @@ def parse_args(argv=None):
     parser.add_argument("--train_batch_size", type=int, default=8)
     parser.add_argument("--learning_rate", type=float, default=5e-4)
     parser.add_argument("--lr_warmup_steps", type=int, default=50)
+    parser.add_argument("--lr_scheduler", default="constant_with_warmup",
+                        help="diffusers.optimization scheduler over --max_train_steps (e.g. cosine: decays to 0)")
     parser.add_argument("--motion_condition_prob", type=float, default=0.7,
                         help="P(a training window knows motion latents instead of one frame): later windows are "
                              "the majority at inference")
@@ -110,6 +113,8 @@ def parse_args(argv=None):
     parser.add_argument("--guidance_scale", type=float, default=2.0,
                         help="text guidance; the large-model 5.0 shifts the tiny model's colours (SYNCDREAMER_TINY.md)")
     parser.add_argument("--audio_guidance_scale", type=float, default=2.5)
+    parser.add_argument("--guidance_end", type=float, default=1.0,
+                        help="fraction of each window's steps, from the noisiest, with text guidance")
     parser.add_argument("--final_eval_clips", type=int, default=8, help="clips of the final benchmark (0: off)")
     # what to skip
     parser.add_argument("--skip_train", action="store_true", help="stop after the latent cache")
@@ -255,7 +260,7 @@ def sampling_defaults(args) -> dict:
     """The pipeline-config defaults of a generation: size, steps and guidance."""
     return {"default_height": args.size, "default_width": args.size,
             "default_num_inference_steps": args.num_inference_steps, "default_guidance_scale": args.guidance_scale,
-            "default_audio_guidance_scale": args.audio_guidance_scale,
+            "default_audio_guidance_scale": args.audio_guidance_scale, "default_guidance_end": args.guidance_end,
             "default_max_sequence_length": MAX_SEQUENCE_LENGTH, "reference_sink": args.reference_sink,
             "motion_latent_noise": args.motion_latent_noise}
 
@@ -355,8 +360,9 @@ def train_command(args, init_dir: Path, cache_dir: Path, run_dir: Path, max_step
         sys.executable, str(TRAIN_SCRIPT), "--stage", "2", "--pretrained_model_name_or_path", str(init_dir),
         "--cache_dir", str(cache_dir), "--output_dir", str(run_dir), "--region_weights", args.region_weights,
         "--lambda_loc", str(args.lambda_loc), "--train_batch_size", str(args.train_batch_size),
-        "--learning_rate", str(args.learning_rate), "--lr_scheduler", "constant_with_warmup",
-        "--lr_warmup_steps", str(args.lr_warmup_steps), "--motion_condition_prob", str(args.motion_condition_prob),
+        "--learning_rate", str(args.learning_rate), "--lr_scheduler", args.lr_scheduler,
+        "--lr_warmup_steps", str(args.lr_warmup_steps), "--lr_schedule_steps", str(args.max_train_steps),
+        "--motion_condition_prob", str(args.motion_condition_prob),
         "--num_motion_latents", str(args.num_motion_frames // vae_config["scale_factor_temporal"]),
         "--motion_noise_max_sigma", str(args.motion_noise_max_sigma), *(["--reference_sink"] if args.reference_sink else []),
         "--max_train_steps", str(max_steps),
@@ -397,7 +403,7 @@ def evaluate_command(model_dir: Path, output: Path, clips: int, seconds: float, 
     command = [*SYNCDREAMER, "evaluate", "synthetic", "--model", str(model_dir), "--clips", str(clips),
                "--seconds", str(seconds), "--size", str(args.size), "--num-inference-steps", str(steps),
                "--guidance-scale", str(args.guidance_scale), "--audio-guidance-scale", str(args.audio_guidance_scale),
-               "--output", str(output)]
+               "--guidance-end", str(args.guidance_end), "--output", str(output)]
     return command + (["--prompt", prompt] if prompt is not None else []) + ([] if swapped_audio else ["--no-swapped-audio"])
 
 

@@ -120,6 +120,11 @@ def parse_args(argv=None):
     parser.add_argument("--max_grad_norm", type=float, default=1.0)
     parser.add_argument("--lr_scheduler", default="constant", help="diffusers.optimization scheduler name.")
     parser.add_argument("--lr_warmup_steps", type=int, default=0)
+    parser.add_argument(
+        "--lr_schedule_steps", type=int, default=None,
+        help="length of the learning-rate schedule (default: --max_train_steps); a run trained in chunks (each "
+        "resuming the last with a higher --max_train_steps) passes the whole run's length, so a decay ends once.",
+    )
     parser.add_argument("--gradient_checkpointing", action="store_true")
     parser.add_argument(
         "--mixed_precision", choices=("no", "fp16", "bf16"), default=None,
@@ -364,7 +369,7 @@ def main(argv=None):
     lr_scheduler = get_scheduler(
         args.lr_scheduler, optimizer=optimizer,
         num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=args.max_train_steps * accelerator.num_processes,
+        num_training_steps=(args.lr_schedule_steps or args.max_train_steps) * accelerator.num_processes,
     )
     module, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(module, optimizer, train_dataloader, lr_scheduler)
     num_update_steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)

@@ -22,6 +22,9 @@ _CHECKOUT_MODEL = Path(__file__).resolve().parents[2] / "pipelines" / "syncdream
 DEFAULT_MODEL = _PACKAGED_MODEL if _PACKAGED_MODEL.is_dir() else _CHECKOUT_MODEL
 MODEL_HELP = f"pipeline folder or Hub repo id (default: ${MODEL_ENV_VAR} when set, else the bundled SyncDreamer-Tiny)"
 DTYPES = ("float32", "bfloat16", "float16")
+# pipeline arguments the commands pass on when given (default: the pipeline's config)
+SAMPLING_OPTIONS = ("num_inference_steps", "guidance_scale", "audio_guidance_scale", "guidance_end")
+GUIDANCE_END_HELP = "fraction of each window's steps, from the noisiest, with text guidance (default: the pipeline's config)"
 
 
 class UserError(Exception):
@@ -129,7 +132,7 @@ def generate(args: argparse.Namespace) -> None:
     generator = torch.Generator("cpu").manual_seed(args.seed)
     options = {
         name: getattr(args, name)
-        for name in ("num_inference_steps", "guidance_scale", "audio_guidance_scale", "height", "width", "num_frames")
+        for name in (*SAMPLING_OPTIONS, "height", "width", "num_frames")
         if getattr(args, name) is not None
     }
     inputs = {"image": args.image, "audio": args.audio, "prompt": args.prompt, "negative_prompt": args.negative_prompt,
@@ -184,7 +187,7 @@ def evaluate_synthetic(args: argparse.Namespace) -> None:
                         "folder has a prompt_enhancer/ component.")
     options = {
         name: getattr(args, name)
-        for name in ("num_inference_steps", "guidance_scale", "audio_guidance_scale")
+        for name in SAMPLING_OPTIONS
         if getattr(args, name) is not None
     }
     enhanced = {}  # (image bytes, prompt) -> the enhancer's instruction: once per clip, as `enhance_prompt=True` would
@@ -238,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--num-inference-steps", type=int, default=None, help="default: the pipeline's config")
     gen.add_argument("--guidance-scale", type=float, default=None, help="text guidance (default: the pipeline's config)")
     gen.add_argument("--audio-guidance-scale", type=float, default=None, help="audio guidance (default: the pipeline's config)")
+    gen.add_argument("--guidance-end", type=float, default=None, help=GUIDANCE_END_HELP)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--fps", type=float, default=25.0)
     gen.add_argument("--num-frames", type=int, default=None,
@@ -270,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--num-inference-steps", type=int, default=None)
     synthetic.add_argument("--guidance-scale", type=float, default=None)
     synthetic.add_argument("--audio-guidance-scale", type=float, default=None)
+    synthetic.add_argument("--guidance-end", type=float, default=None, help=GUIDANCE_END_HELP)
     synthetic.add_argument("--seed", type=int, default=0)
     synthetic.add_argument("--prompt", default=None,
                            help="one prompt for every clip instead of its instruction prompt (ablations)")

@@ -166,8 +166,8 @@ class SyncDreamerPipeline(ModelCardMixin, DiffusionPipeline, WanLoraLoaderMixin)
         default_height (`int`, defaults to 480), default_width (`int`, defaults to 832): the output size when
             `height`/`width` are not given.
         default_num_inference_steps (`int`, defaults to 40), default_guidance_scale (`float`, defaults to 5.0),
-        default_audio_guidance_scale (`float`, defaults to 4.0): the sampling settings when not given (a small
-            model may want other scales than a large one).
+        default_audio_guidance_scale (`float`, defaults to 4.0), default_guidance_end (`float`, defaults to 1.0):
+            the sampling settings when not given (a small model may want other scales than a large one).
         default_max_sequence_length (`int`, defaults to 512): umT5 tokens per prompt when not given; use the
             length the model was trained with (the latent cache's `max_sequence_length`): the zero-padded tokens
             share the text attention with the prompt's own.
@@ -205,6 +205,7 @@ class SyncDreamerPipeline(ModelCardMixin, DiffusionPipeline, WanLoraLoaderMixin)
         default_num_inference_steps: int = 40,
         default_guidance_scale: float = 5.0,
         default_audio_guidance_scale: float = 4.0,
+        default_guidance_end: float = 1.0,
         default_max_sequence_length: int = 512,
         reference_sink: bool = False,
         motion_latent_noise: float = 0.0,
@@ -232,6 +233,7 @@ class SyncDreamerPipeline(ModelCardMixin, DiffusionPipeline, WanLoraLoaderMixin)
             default_num_inference_steps=default_num_inference_steps,
             default_guidance_scale=default_guidance_scale,
             default_audio_guidance_scale=default_audio_guidance_scale,
+            default_guidance_end=default_guidance_end,
             default_max_sequence_length=default_max_sequence_length,
             reference_sink=reference_sink,
             motion_latent_noise=motion_latent_noise,
@@ -564,6 +566,7 @@ class SyncDreamerPipeline(ModelCardMixin, DiffusionPipeline, WanLoraLoaderMixin)
         latents=None,
         image_embeds=None,
         audio_embeds=None,
+        guidance_end=1.0,
     ):
         for name, value in (("height", height), ("width", width), ("num_frames_per_window", num_frames_per_window),
                             ("num_motion_frames", num_motion_frames), ("num_inference_steps", num_inference_steps)):
@@ -571,7 +574,7 @@ class SyncDreamerPipeline(ModelCardMixin, DiffusionPipeline, WanLoraLoaderMixin)
         if num_frames is not None:
             require_int("num_frames", num_frames)
         for name, value in (("fps", fps), ("guidance_scale", guidance_scale),
-                            ("audio_guidance_scale", audio_guidance_scale)):
+                            ("audio_guidance_scale", audio_guidance_scale), ("guidance_end", guidance_end)):
             require_finite(name, value)
         multiple = self.vae_scale_factor_spatial * self.transformer.config.patch_size[1]
         if height <= 0 or width <= 0 or height % multiple or width % multiple:
@@ -602,6 +605,8 @@ class SyncDreamerPipeline(ModelCardMixin, DiffusionPipeline, WanLoraLoaderMixin)
                 f"`guidance_scale` and `audio_guidance_scale` must be >= 0 (1 disables guidance); got "
                 f"{guidance_scale} and {audio_guidance_scale}."
             )
+        if not 0 <= guidance_end <= 1:
+            raise ValueError(f"`guidance_end` must lie in [0, 1] (a fraction of the steps); got {guidance_end}.")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}; got {output_type!r}.")
         if (prompt is None) == (prompt_embeds is None):
@@ -762,6 +767,7 @@ class SyncDreamerPipeline(ModelCardMixin, DiffusionPipeline, WanLoraLoaderMixin)
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         audio_guidance_scale: float | None = None,
+        guidance_end: float | None = None,
         num_videos_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
@@ -802,6 +808,10 @@ class SyncDreamerPipeline(ModelCardMixin, DiffusionPipeline, WanLoraLoaderMixin)
                 `default_audio_guidance_scale`). With both on, each step runs the prompt and
                 the negative prompt with audio as one batch, then the negative prompt without audio:
                 `noise = uncond + audio_scale * (no_text - uncond) + text_scale * (cond - no_text)`.
+            guidance_end: the fraction of each window's denoising steps, from the first (noisiest) one, that use
+                text guidance (default: the config's `default_guidance_end`; 1: every step). The later steps run
+                the prompt without the negative prompt's pass: the motion the prompt asks for is laid out in the
+                noisy steps, while strong text guidance in the last steps shifts colours and the mouth.
             num_videos_per_prompt: videos per prompt (each from its own noise); the output has B x N videos,
                 prompt 0's N first.
             generator: a `torch.Generator`, or one per video (B x N), for deterministic noise.
@@ -850,6 +860,7 @@ class SyncDreamerPipeline(ModelCardMixin, DiffusionPipeline, WanLoraLoaderMixin)
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
             audio_guidance_scale=audio_guidance_scale,
+            guidance_end=guidance_end,
             num_videos_per_prompt=num_videos_per_prompt,
             generator=generator,
             latents=latents,
@@ -896,6 +907,7 @@ class SyncDreamerPipeline(ModelCardMixin, DiffusionPipeline, WanLoraLoaderMixin)
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         audio_guidance_scale: float | None = None,
+        guidance_end: float | None = None,
         num_videos_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
@@ -932,6 +944,7 @@ class SyncDreamerPipeline(ModelCardMixin, DiffusionPipeline, WanLoraLoaderMixin)
         guidance_scale = self.config.default_guidance_scale if guidance_scale is None else guidance_scale
         if audio_guidance_scale is None:
             audio_guidance_scale = self.config.default_audio_guidance_scale
+        guidance_end = self.config.default_guidance_end if guidance_end is None else guidance_end
         height = self.config.default_height if height is None else height
         width = self.config.default_width if width is None else width
         if num_frames_per_window is None:
@@ -958,6 +971,7 @@ class SyncDreamerPipeline(ModelCardMixin, DiffusionPipeline, WanLoraLoaderMixin)
             prompt_embeds,
             negative_prompt_embeds,
             callback_on_step_end_tensor_inputs,
+            guidance_end=guidance_end,
             num_videos_per_prompt=num_videos_per_prompt,
             latents=latents,
             image_embeds=image_embeds,
@@ -1015,12 +1029,11 @@ class SyncDreamerPipeline(ModelCardMixin, DiffusionPipeline, WanLoraLoaderMixin)
 
         # The passes that hear the audio run as one batch: the prompt, and the negative prompt for text guidance;
         # the pass without audio uses the negative prompt when text guidance is on, else the prompt.
+        prompt_embeds = prompt_embeds.to(transformer_dtype)
         if self.do_classifier_free_guidance:
-            audio_pass_text = torch.cat([prompt_embeds, negative_prompt_embeds]).to(transformer_dtype)
-            silent_pass_text = negative_prompt_embeds.to(transformer_dtype)
-        else:
-            audio_pass_text = silent_pass_text = prompt_embeds.to(transformer_dtype)
-        num_audio_passes = audio_pass_text.shape[0] // batch_size
+            negative_prompt_embeds = negative_prompt_embeds.to(transformer_dtype)
+            guided_audio_pass_text = torch.cat([prompt_embeds, negative_prompt_embeds])
+        num_guided_steps = round(guidance_end * num_inference_steps) if self.do_classifier_free_guidance else 0
 
         # 3. Plan the windows
         window_latent_frames, window_starts, num_latent_frames = self.plan_windows(
@@ -1062,13 +1075,14 @@ class SyncDreamerPipeline(ModelCardMixin, DiffusionPipeline, WanLoraLoaderMixin)
                     window_known_latents = self.add_reference_sink(reference_latents, known_latents)  # (B, 16, 1 + k, h, w)
                     window_audio_embeds = self.add_sink_audio(window_audio_embeds)  # (1, 1 + T, N_tok, audio_dim)
                 window_audio_embeds = self.repeat_to_batch(window_audio_embeds, batch_size)  # (B N, T, N_tok, D)
-                window_audio_embeds = window_audio_embeds.repeat(num_audio_passes, 1, 1, 1)
                 condition = self.prepare_condition(window_known_latents, num_window_latents)
                 latents = self.prepare_latents(
                     batch_size, num_window_latents, height, width, generator, device,
                     latents=None if window_noise is None else window_noise[window_index],
                 )
                 self.scheduler.set_timesteps(num_inference_steps, device=device)
+                if self.transformer.is_cache_enabled:  # a cache hook's state belongs to one window's steps
+                    self.transformer._reset_stateful_cache()
 
                 for i, t in enumerate(self.scheduler.timesteps):
                     if self.interrupt:
@@ -1076,24 +1090,32 @@ class SyncDreamerPipeline(ModelCardMixin, DiffusionPipeline, WanLoraLoaderMixin)
                     self._current_timestep = t
                     latent_model_input = torch.cat([latents, condition], dim=1).to(transformer_dtype)
                     timestep = t.expand(latents.shape[0])
+                    text_guided = i < num_guided_steps
+                    if text_guided:
+                        audio_pass_text, silent_pass_text = guided_audio_pass_text, negative_prompt_embeds
+                    else:
+                        audio_pass_text = silent_pass_text = prompt_embeds
+                    num_audio_passes = audio_pass_text.shape[0] // batch_size
+                    # a cache hook (`enable_cache`) keeps one state per context: one per kind of pass
+                    cache_suffix = "" if text_guided else "_prompt_only"
 
-                    with self.transformer.cache_context("audio"):
+                    with self.transformer.cache_context("audio" + cache_suffix):
                         noise_pred = self.transformer(
                             hidden_states=latent_model_input.repeat(num_audio_passes, 1, 1, 1, 1),
                             timestep=timestep.repeat(num_audio_passes),
                             encoder_hidden_states=audio_pass_text,
                             identity_embeds=identity_embeds.repeat(num_audio_passes, 1, 1),
-                            audio_embeds=window_audio_embeds,
+                            audio_embeds=window_audio_embeds.repeat(num_audio_passes, 1, 1, 1),
                             attention_kwargs=attention_kwargs,
                             return_dict=False,
                         )[0]
-                    if self.do_classifier_free_guidance:
+                    if text_guided:
                         noise_cond, noise_with_audio = noise_pred.chunk(2)
                         noise_pred = noise_with_audio + guidance_scale * (noise_cond - noise_with_audio)
                     else:
                         noise_with_audio = noise_pred
                     if self.do_audio_guidance:
-                        with self.transformer.cache_context("silent"):
+                        with self.transformer.cache_context("silent" + cache_suffix):
                             noise_silent = self.transformer(
                                 hidden_states=latent_model_input,
                                 timestep=timestep,
