@@ -24,7 +24,16 @@ MODEL_HELP = f"pipeline folder or Hub repo id (default: ${MODEL_ENV_VAR} when se
 DTYPES = ("float32", "bfloat16", "float16")
 # pipeline arguments the commands pass on when given (default: the pipeline's config)
 SAMPLING_OPTIONS = ("num_inference_steps", "guidance_scale", "audio_guidance_scale", "guidance_end")
-GUIDANCE_END_HELP = "fraction of each window's steps, from the noisiest, with text guidance (default: the pipeline's config)"
+
+
+def add_sampling_arguments(parser) -> None:
+    """`--num-inference-steps`, `--guidance-scale`, `--audio-guidance-scale`, `--guidance-end` (`SAMPLING_OPTIONS`)."""
+    default = " (default: the pipeline's config)"
+    parser.add_argument("--num-inference-steps", type=int, default=None, help="denoising steps per window" + default)
+    parser.add_argument("--guidance-scale", type=float, default=None, help="text guidance" + default)
+    parser.add_argument("--audio-guidance-scale", type=float, default=None, help="audio guidance" + default)
+    parser.add_argument("--guidance-end", type=float, default=None,
+                        help="fraction of each window's steps, from the noisiest, with text guidance" + default)
 
 
 class UserError(Exception):
@@ -238,10 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--negative-prompt", default=None)
     gen.add_argument("--output", required=True, help="the .mp4 to write")
     gen.add_argument("--model", default=None, help=MODEL_HELP)
-    gen.add_argument("--num-inference-steps", type=int, default=None, help="default: the pipeline's config")
-    gen.add_argument("--guidance-scale", type=float, default=None, help="text guidance (default: the pipeline's config)")
-    gen.add_argument("--audio-guidance-scale", type=float, default=None, help="audio guidance (default: the pipeline's config)")
-    gen.add_argument("--guidance-end", type=float, default=None, help=GUIDANCE_END_HELP)
+    add_sampling_arguments(gen)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--fps", type=float, default=25.0)
     gen.add_argument("--num-frames", type=int, default=None,
@@ -271,10 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--seconds", type=float, default=4.0, help="seconds per clip (default: %(default)s)")
     synthetic.add_argument("--fps", type=float, default=25.0)
     synthetic.add_argument("--size", type=int, default=64, help="frame height and width, multiple of 16 (8 for SyncDreamer-Tiny)")
-    synthetic.add_argument("--num-inference-steps", type=int, default=None)
-    synthetic.add_argument("--guidance-scale", type=float, default=None)
-    synthetic.add_argument("--audio-guidance-scale", type=float, default=None)
-    synthetic.add_argument("--guidance-end", type=float, default=None, help=GUIDANCE_END_HELP)
+    add_sampling_arguments(synthetic)
     synthetic.add_argument("--seed", type=int, default=0)
     synthetic.add_argument("--prompt", default=None,
                            help="one prompt for every clip instead of its instruction prompt (ablations)")
