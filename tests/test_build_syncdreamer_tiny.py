@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from syncdreamer_hf.data import synthetic as world
 from syncdreamer_hf.pipeline_syncdreamer import SyncDreamerPipeline
@@ -14,10 +15,12 @@ from _scripts import load_script
 
 build = load_script("build_syncdreamer_tiny")
 
-# 2 clips of 0.8 s (one 17-frame window each), 2 training steps, a random VAE, no evaluation
+# 2 clips of 0.8 s (one 17-frame window each), 2 training steps (the text encoder too), a random VAE, a Wav2Vec2
+# pretrained for 3 steps, no evaluation
 MINUSCULE = ["--num_clips", "2", "--seconds", "0.8", "--train_vae_minutes", "0", "--max_train_steps", "2",
              "--chunk_steps", "2", "--checkpointing_steps", "1", "--train_batch_size", "2", "--num_layers", "1",
-             "--head_dim", "8", "--eval_clips", "0", "--final_eval_clips", "0"]
+             "--head_dim", "8", "--eval_clips", "0", "--final_eval_clips", "0", "--pretrain_audio_steps", "3",
+             "--pretrain_audio_clips", "4", "--train_text_encoder"]
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +53,22 @@ def test_output_folder_is_complete_safetensors_with_a_card(built):
     assert not list(output.rglob("*.bin")) and not list(output.rglob("checkpoint-*"))
     card = (output / "README.md").read_text()
     assert "random and frozen" in card and "build_syncdreamer_tiny.py" in card
+    assert "pretrained here, then frozen: `audio_encoder`" in card and "`text_encoder`" in card.split("trained here")[1]
     assert build.folder_megabytes(output) < 100
+
+
+def test_the_pipeline_gets_the_pretrained_wav2vec2_and_the_trained_text_encoder(built):
+    """Step 2b's encoder is the shipped `audio_encoder` (its probe recorded); the text encoder trained."""
+    root, _, state = built
+    output, work = root / "syncdreamer-tiny", root / "work"
+    shipped = load_file(output / "audio_encoder" / "model.safetensors")
+    pretrained = load_file(work / "audio_encoder" / "model.safetensors")
+    assert shipped.keys() == pretrained.keys() and all(torch.equal(shipped[k], pretrained[k]) for k in shipped)
+    probe = state["audio_encoder_probe"]
+    assert 0 < probe["probe_r_after"]["heldout_world_speech"] <= 1 and probe["args"]["max_train_steps"] == 3
+    initial = load_file(work / "init_pipeline" / "text_encoder" / "model.safetensors")
+    trained = load_file(output / "text_encoder" / "model.safetensors")
+    assert any(not torch.equal(initial[k], trained[k]) for k in trained)
 
 
 def test_tokenizer_keeps_instruction_words_whole(built):

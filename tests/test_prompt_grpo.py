@@ -52,11 +52,15 @@ def test_trained_adapter_saves_reloads_and_merges_with_identical_logits(grpo_run
     with torch.no_grad():
         trained_logits = trained.model(**inputs).logits
         reloaded_logits = reloaded.model(**inputs).logits
+        with reloaded.model.disable_adapter():
+            base_logits = reloaded.model(**inputs).logits
         merged_logits = reloaded.merge_adapter().model(**inputs).logits
     assert not isinstance(reloaded.model, PeftModel)
     torch.testing.assert_close(reloaded_logits, trained_logits, rtol=0, atol=0)
-    # merging adds B @ A into W in float32: equal up to rounding
-    torch.testing.assert_close(merged_logits, trained_logits, rtol=1e-4, atol=1e-4)
+    # merging adds B @ A into W in float32: equal up to rounding (the summation order differs between CPUs), and
+    # far closer than the base model without the adapter
+    merge_error = (merged_logits - trained_logits).abs().max()
+    assert merge_error < 1e-3 and merge_error < 0.01 * (base_logits - trained_logits).abs().max(), merge_error
 
 
 def test_sft_warm_start_fits_the_targets(tmp_path):

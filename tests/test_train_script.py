@@ -1,5 +1,5 @@
 """training_scripts/train_syncdreamer.py on tiny components: overfitting, modality dropout, resume after a kill,
-atomic checkpoints, two-process DDP, and LoRA weights that load into SyncDreamerPipeline."""
+atomic checkpoints, two-process DDP, LoRA weights that load into SyncDreamerPipeline, and `--train_text_encoder`."""
 
 import re
 import signal
@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import UMT5EncoderModel
 
 from _training_fixtures import FPS, save_tiny_pipeline, write_random_cache
 from _training_runs import SCRIPT, accelerate_launch, run_in_process, run_killed, train
@@ -216,3 +217,81 @@ def test_lora_output_loads_with_load_lora_weights_and_changes_the_output(pipelin
     full = SyncDreamerPipeline.from_pretrained(pipeline_dir).load_trained_modules(output_dir)
     full.set_progress_bar_config(disable=True)  # LoRA + the fully trained adapter, audio encoder, new branches
     assert (generate(full) - after_lora).abs().max() > 1e-6
+
+
+# --train_text_encoder: the text encoder trains from the windows' captions, embeds them as the pipeline does, and
+# is saved (and resumed) with the other trained models in the pipeline's format.
+
+
+@pytest.fixture(scope="module")
+def text_encoder_run(pipeline_dir, cache_dir, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("run")
+    run_in_process(base_argv(pipeline_dir, cache_dir, output_dir, 4, "--train_text_encoder", "--checkpointing_steps",
+                              "2", "--learning_rate", "1e-2"))
+    return output_dir
+
+
+def text_encoder_weights(folder) -> dict[str, torch.Tensor]:
+    return UMT5EncoderModel.from_pretrained(folder, subfolder="text_encoder").state_dict()
+
+
+def test_the_module_embeds_captions_exactly_as_the_pipeline(pipeline_dir, cache_dir):
+    """With text dropout 0 and 1, the transformer receives what `pipe.encode_prompt` gives for the captions and for
+    the empty (negative) prompt: training and inference share one text path."""
+    pipe = SyncDreamerPipeline.from_pretrained(pipeline_dir)
+    module = SyncDreamerTrainingModule.from_pretrained(pipeline_dir, train_text_encoder=True)
+    module.set_trainable(stage=2)
+    dataset = CachedWindowDataset(cache_dir)
+    batch = collate_windows([dataset[0], dataset[1]], dataset.info["max_sequence_length"], len(dataset.region_names))
+    length = batch["prompt_embeds"].shape[1]
+    received = []
+    module.transformer.register_forward_pre_hook(
+        lambda _, args, kwargs: received.append(kwargs["encoder_hidden_states"]), with_kwargs=True
+    )
+    for dropout, prompts in ((0.0, batch["captions"]), (1.0, ["", ""])):
+        args = train.parse_args(["--pretrained_model_name_or_path", str(pipeline_dir), "--cache_dir", str(cache_dir),
+                                 "--train_text_encoder", "--text_dropout", str(dropout)])
+        train.training_loss(module, batch, args, torch.Generator().manual_seed(0), dataset.empty_prompt_embeds,
+                            dataset.region_names, module.visual_adapter.config.query_regions, "cpu", torch.float32,
+                            tokenizer=pipe.tokenizer)
+        expected, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False, max_sequence_length=length)
+        torch.testing.assert_close(received[-1], expected)
+    assert not torch.equal(received[0], received[1])
+
+
+def test_the_loss_reaches_the_text_encoder(pipeline_dir, cache_dir):
+    module = SyncDreamerTrainingModule.from_pretrained(pipeline_dir, train_text_encoder=True)
+    module.set_trainable(stage=2)
+    dataset = CachedWindowDataset(cache_dir)
+    batch = collate_windows([dataset[0], dataset[1]], dataset.info["max_sequence_length"], len(dataset.region_names))
+    args = train.parse_args(["--pretrained_model_name_or_path", str(pipeline_dir), "--cache_dir", str(cache_dir),
+                             "--train_text_encoder", "--text_dropout", "0"])
+    loss, _ = train.training_loss(module, batch, args, torch.Generator().manual_seed(0), dataset.empty_prompt_embeds,
+                                  dataset.region_names, module.visual_adapter.config.query_regions, "cpu",
+                                  torch.float32, tokenizer=SyncDreamerPipeline.from_pretrained(pipeline_dir).tokenizer)
+    loss.backward()
+    grads = [p.grad for p in module.text_encoder.parameters() if p.grad is not None]
+    assert grads and sum(g.abs().sum() for g in grads) > 0
+
+
+def test_the_trained_text_encoder_is_saved_in_the_pipeline_and_in_checkpoints(pipeline_dir, text_encoder_run):
+    base = text_encoder_weights(pipeline_dir)
+    final = text_encoder_weights(text_encoder_run)
+    assert any(not torch.equal(base[name], final[name]) for name in base)
+    pipe = SyncDreamerPipeline.from_pretrained(text_encoder_run)  # the run's output is a pipeline with its text encoder
+    for name, value in pipe.text_encoder.state_dict().items():
+        torch.testing.assert_close(value, final[name], rtol=0, atol=0)
+    checkpoints = list_checkpoints(text_encoder_run)
+    assert [path.name for path in checkpoints][-1] == "checkpoint-4"
+    first = text_encoder_weights(checkpoints[0])
+    assert any(not torch.equal(first[name], final[name]) for name in base)  # checkpoint-2 holds its own step
+
+
+def test_resuming_restores_the_text_encoder(pipeline_dir, cache_dir, text_encoder_run, tmp_path):
+    """Resuming at step 2 of the 4-step run and training to 4 gives the run's final text encoder."""
+    (tmp_path / "checkpoint-2").symlink_to(list_checkpoints(text_encoder_run)[0], target_is_directory=True)
+    run_in_process(base_argv(pipeline_dir, cache_dir, tmp_path, 4, "--train_text_encoder", "--checkpointing_steps",
+                              "2", "--learning_rate", "1e-2", "--resume_from_checkpoint", "latest"))
+    resumed, final = text_encoder_weights(tmp_path), text_encoder_weights(text_encoder_run)
+    for name, value in final.items():
+        torch.testing.assert_close(resumed[name], value, rtol=0, atol=0, msg=name)

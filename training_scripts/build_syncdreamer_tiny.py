@@ -78,6 +78,10 @@ def parse_args(argv=None):
     parser.add_argument("--num_frames", type=int, default=9, help="frames per training window and pipeline window")
     parser.add_argument("--num_motion_frames", type=int, default=2, help="pipeline: frames carried between windows")
     parser.add_argument("--window_stride", type=int, default=None, help="preprocess window stride (default: num_frames)")
+    parser.add_argument("--pretrain_audio_steps", type=int, default=3000,
+                        help="step 2b: pretrain the tiny Wav2Vec2 on the world's speech (pretrain_tiny_wav2vec2.py) "
+                             "for this many steps before it is frozen (0: keep it random)")
+    parser.add_argument("--pretrain_audio_clips", type=int, default=256, help="step 2b: train-split speech clips")
     # model
     parser.add_argument("--num_layers", type=int, default=4)
     parser.add_argument("--num_heads", type=int, default=4)
@@ -85,6 +89,8 @@ def parse_args(argv=None):
     # training
     parser.add_argument("--region_weights", default="mouth=20,hands=10,eyes=5,jaw=5")
     parser.add_argument("--lambda_loc", type=float, default=0.4)
+    parser.add_argument("--train_text_encoder", action="store_true",
+                        help="train the tiny umT5 with the transformer (train_syncdreamer.py --train_text_encoder)")
     parser.add_argument("--train_batch_size", type=int, default=8)
     parser.add_argument("--learning_rate", type=float, default=5e-4)
     parser.add_argument("--lr_warmup_steps", type=int, default=50)
@@ -272,10 +278,28 @@ def warm_start_pipeline(args, pipeline_dir: Path) -> None:
     pipe = SyncDreamerPipeline.from_pretrained(args.init_pipeline)
     pipe.register_to_config(num_frames_per_window=args.num_frames, num_motion_frames=args.num_motion_frames,
                             **sampling_defaults(args))
+    save_pipeline(pipe, pipeline_dir)
+
+
+def save_pipeline(pipe, pipeline_dir: Path) -> None:
+    """`save_pretrained` to a temporary folder renamed to `pipeline_dir` (a killed run leaves no half folder)."""
     temporary = pipeline_dir.with_name(pipeline_dir.name + ".tmp")
     shutil.rmtree(temporary, ignore_errors=True)
     pipe.save_pretrained(temporary)
+    if pipeline_dir.exists():
+        shutil.rmtree(pipeline_dir)
     os.replace(temporary, pipeline_dir)
+
+
+def install_audio_encoder(pipeline_dir: Path, audio_encoder_dir: Path) -> None:
+    """Step 2b: the pretrained Wav2Vec2 replaces the pipeline's random one."""
+    from transformers import Wav2Vec2Model
+
+    from syncdreamer_hf import SyncDreamerPipeline
+
+    pipe = SyncDreamerPipeline.from_pretrained(pipeline_dir)
+    pipe.register_modules(audio_encoder=Wav2Vec2Model.from_pretrained(audio_encoder_dir).eval())
+    save_pipeline(pipe, pipeline_dir)
 
 
 def build_initial_pipeline(args, data_dir: Path, pipeline_dir: Path) -> None:
@@ -339,10 +363,7 @@ def build_initial_pipeline(args, data_dir: Path, pipeline_dir: Path) -> None:
         num_frames_per_window=args.num_frames, num_motion_frames=args.num_motion_frames,
         **sampling_defaults(args),
     )
-    temporary = pipeline_dir.with_name(pipeline_dir.name + ".tmp")
-    shutil.rmtree(temporary, ignore_errors=True)
-    pipe.save_pretrained(temporary)
-    os.replace(temporary, pipeline_dir)
+    save_pipeline(pipe, pipeline_dir)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -365,6 +386,7 @@ def train_command(args, init_dir: Path, cache_dir: Path, run_dir: Path, max_step
         "--motion_condition_prob", str(args.motion_condition_prob),
         "--num_motion_latents", str(args.num_motion_frames // vae_config["scale_factor_temporal"]),
         "--motion_noise_max_sigma", str(args.motion_noise_max_sigma), *(["--reference_sink"] if args.reference_sink else []),
+        *(["--train_text_encoder"] if args.train_text_encoder else []),
         "--max_train_steps", str(max_steps),
         "--checkpointing_steps", str(args.checkpointing_steps), "--checkpoints_total_limit", "2",
         "--resume_from_checkpoint", "latest", "--report_to", "tensorboard", "--seed", str(args.seed),
@@ -446,8 +468,17 @@ def write_output(args, run_dir: Path, output_dir: Path, state: dict) -> None:
     temporary = output_dir.with_name(output_dir.name + ".tmp")
     shutil.rmtree(temporary, ignore_errors=True)
     pipe.save_pretrained(temporary)
-    trained = ["transformer", "visual_adapter", "audio_dynamics_encoder"]
-    frozen = ["text_encoder (umT5)", "image_encoder (CLIP vision)", "audio_encoder (Wav2Vec2)"]
+    trained = ["transformer", "visual_adapter", "audio_dynamics_encoder", *(["text_encoder"] if args.train_text_encoder else [])]
+    frozen = [*([] if args.train_text_encoder else ["text_encoder (umT5)"]), "image_encoder (CLIP vision)"]
+    probe = state.get("audio_encoder_probe")
+    if probe:
+        audio_note = (f"- pretrained here, then frozen: `audio_encoder` (Wav2Vec2), {args.pretrain_audio_steps} steps "
+                      "regressing the loudness envelope of the world's train-split speech "
+                      "(`training_scripts/pretrain_tiny_wav2vec2.py`, step 2b); ridge-probe r of held-out speech "
+                      f"{probe['probe_r_before']['heldout_world_speech']:.3f} (random) -> "
+                      f"{probe['probe_r_after']['heldout_world_speech']:.3f}.")
+    else:
+        frozen.append("audio_encoder (Wav2Vec2)")
     vae_note = (f"the VAE (`{type(pipe.vae).__name__}`, {count_parameters(pipe.vae)} parameters) was trained by "
                 "`training_scripts/train_tiny_vae.py` (step 0, command below)" if args.vae or args.init_pipeline
                 else "the VAE is RANDOM (development build: its videos are noise)")
@@ -462,6 +493,7 @@ def write_output(args, run_dir: Path, output_dir: Path, state: dict) -> None:
         f"{vae_note}.",
         f"- random and frozen (tiny configs, nothing could be downloaded): {', '.join(frozen)}. The tokenizer is a "
         "Unigram model built with `tokenizers` from the words of the synthetic world's prompts and captions.",
+        *([audio_note] if probe else []),
         f"- training: {state.get('train_steps', 0)} steps of batch {args.train_batch_size}, "
         f"{walls.get('train', 0) / 60:.1f} min on 1 CPU thread; region weights `{args.region_weights}`, "
         f"lambda_loc {args.lambda_loc}, learning rate {args.learning_rate}.",
@@ -586,6 +618,25 @@ def main(argv=None):
         save_state(work_dir, state)
     else:
         log(f"2. {init_dir} exists: skipped")
+
+    # 2b. the Wav2Vec2 pretrained on the world's speech (the pipeline's one is replaced once)
+    if args.pretrain_audio_steps:
+        audio_dir = work_dir / "audio_encoder"
+        command = [sys.executable, str(REPO / "training_scripts" / "pretrain_tiny_wav2vec2.py"), "--pipeline",
+                   str(init_dir), "--output", str(audio_dir), "--max_train_steps", str(args.pretrain_audio_steps),
+                   "--train_clips", str(args.pretrain_audio_clips),
+                   "--window_frames", str(args.num_frames), "--fps", str(args.fps), "--seed", str(args.seed)]
+        state["commands"]["audio_encoder"] = shown(command)
+        if not (audio_dir / "probe.json").is_file():  # written after the encoder
+            log("2b. pretraining the Wav2Vec2 on the world's speech")
+            state["wall_seconds"]["audio_encoder"] = run(command)
+        if not state.get("audio_encoder_installed"):
+            install_audio_encoder(init_dir, audio_dir)
+            state["audio_encoder_installed"] = True
+        else:
+            log(f"2b. {audio_dir} is in {init_dir}: skipped")
+        state["audio_encoder_probe"] = json.loads((audio_dir / "probe.json").read_text())
+        save_state(work_dir, state)
 
     # 3. latent cache (resumable by itself)
     command = [*SYNCDREAMER, "preprocess", str(data_dir), "--model", str(init_dir), "--output", str(cache_dir),

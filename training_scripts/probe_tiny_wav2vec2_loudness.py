@@ -46,9 +46,8 @@ def frame_features(feature_extractor, encoder, audio: np.ndarray, fps: float, wi
     return np.concatenate(features)
 
 
-def probe_r(config: dict, train_audio, test_audio, fps: float, window: int, context: bool) -> float:
-    """Mean per-clip Pearson r of the ridge probe's prediction on `test_audio`."""
-    feature_extractor, encoder = build_encoder(**config)
+def ridge_probe_r(feature_extractor, encoder, train_audio, test_audio, fps: float, window: int, context: bool) -> float:
+    """Mean per-clip Pearson r, on `test_audio`, of a ridge probe fitted on `train_audio`."""
 
     def dataset(clips):
         inputs, targets = [], []
@@ -68,6 +67,12 @@ def probe_r(config: dict, train_audio, test_audio, fps: float, window: int, cont
     test_x, test_y = dataset(test_audio)
     scores = [np.corrcoef(np.c_[(f - mean) / std, np.ones(len(f))] @ weights, t)[0, 1] for f, t in zip(test_x, test_y)]
     return float(np.mean(scores))
+
+
+def probe_r(config: dict, train_audio, test_audio, fps: float, window: int, context: bool) -> float:
+    """`ridge_probe_r` of a random encoder built with `config`."""
+    feature_extractor, encoder = build_encoder(**config)
+    return ridge_probe_r(feature_extractor, encoder, train_audio, test_audio, fps, window, context)
 
 
 def main():

@@ -64,7 +64,7 @@ from syncdreamer_hf.training import (
     step_generator,
     trainable_checksum,
 )
-from syncdreamer_hf.training.module import TRAINED_COMPONENTS, gathered_for_inference
+from syncdreamer_hf.training.module import gathered_for_inference
 from syncdreamer_hf.training.options import optimizer_class, parse_region_weights
 
 logger = get_logger(__name__)
@@ -82,6 +82,11 @@ def parse_args(argv=None):
     parser.add_argument("--stage", type=int, choices=(1, 2), default=2, help="1: audio off; 2: audio on.")
     parser.add_argument("--lora_rank", type=int, default=0, help="LoRA rank on the transformer; 0: full fine-tuning.")
     parser.add_argument("--lora_alpha", type=float, default=None, help="LoRA alpha (default: the rank).")
+    parser.add_argument(
+        "--train_text_encoder", action="store_true",
+        help="train the text encoder too (in full), from each window's caption instead of the cached embeddings: for a "
+        "random text encoder such as the tiny recipe's; the real recipes keep their pretrained umT5 frozen.",
+    )
     # losses and conditioning
     parser.add_argument("--timestep_shift", type=float, default=3.0, help="Wan's shift of the sampled noise levels.")
     parser.add_argument("--lambda_loc", type=float, default=LAMBDA_LOC, help="weight of the localization loss.")
@@ -160,7 +165,7 @@ def parse_args(argv=None):
 
 def training_loss(
     module, batch, args, generator, empty_prompt_embeds, region_names, query_regions, device, dtype,
-    modality_generator=None,
+    modality_generator=None, tokenizer=None,
 ):
     """One micro-batch: flow-matching loss (+ region weights) + lambda_loc * localization loss.
 
@@ -168,7 +173,8 @@ def training_loss(
     `generator`, the audio / identity dropout decisions from `modality_generator` (default: `generator`; in training
     one generator every rank shares, since FSDP needs all ranks to compute gradients of the same parameters).
     Audio / identity dropout removes the modality for the whole micro-batch (the branch receives `None`, exactly as
-    the pipeline's unconditional passes); text dropout swaps single captions for the empty prompt. With `--reference_sink` the clip's reference latent is prepended to the window as a known frame (as the
+    the pipeline's unconditional passes); text dropout swaps single captions for the empty prompt (with
+    `--train_text_encoder`, `tokenizer` tokenizes the captions for the module's text encoder). With `--reference_sink` the clip's reference latent is prepended to the window as a known frame (as the
     pipeline's `reference_sink` does); the loss leaves that frame out.
     """
     latents = batch["latents"].to(device)  # (B, 16, T, h, w)
@@ -201,7 +207,12 @@ def training_loss(
 
     prompt_embeds = batch["prompt_embeds"].to(device)
     drop_text = torch.rand(batch_size, generator=generator) < args.text_dropout
-    if drop_text.any():
+    prompt_tokens = None
+    if args.train_text_encoder:
+        captions = ["" if drop else caption for caption, drop in zip(batch["captions"], drop_text.tolist())]
+        tokens = SyncDreamerPipeline.tokenize_prompts(tokenizer, captions, prompt_embeds.shape[1])
+        prompt_tokens = [tensor.to(device) for tensor in tokens]
+    elif drop_text.any():
         empty = pad_tokens(empty_prompt_embeds, prompt_embeds.shape[1]).to(prompt_embeds)
         prompt_embeds = torch.where(drop_text.to(device).view(-1, 1, 1), empty, prompt_embeds)
     audio_dropout = 1.0 if args.stage == 1 else args.audio_dropout
@@ -219,6 +230,7 @@ def training_loss(
         batch["audio_hidden_states"].to(device, dtype) if use_audio else None,
         return_identity_attention=want_localization,
         num_sink_frames=num_sink_frames,
+        prompt_tokens=prompt_tokens,
     )
     if num_sink_frames:  # the sink frame is conditioning, not an output
         model_pred, target = model_pred[:, :, num_sink_frames:], target[:, :, num_sink_frames:]
@@ -249,10 +261,10 @@ def log_validation(accelerator, args, module, cache_info, global_step: int):
 
     trained = accelerator.unwrap_model(module)
     pipe = SyncDreamerPipeline.from_pretrained(
-        args.pretrained_model_name_or_path, **{name: getattr(trained, name) for name in TRAINED_COMPONENTS}
+        args.pretrained_model_name_or_path, **{name: getattr(trained, name) for name in trained.component_names}
     )
     for name, component in pipe.components.items():
-        if isinstance(component, torch.nn.Module) and name not in TRAINED_COMPONENTS:
+        if isinstance(component, torch.nn.Module) and name not in trained.component_names:
             component.to(accelerator.device)
     pipe.set_progress_bar_config(disable=True)
     was_training = trained.training
@@ -299,7 +311,8 @@ def load_training_module(args, weight_dtype: torch.dtype) -> SyncDreamerTraining
     """The trained models with what trains set (LoRA or full, the stage). As diffusers' examples: the frozen weights
     in `weight_dtype` (a LoRA run's base transformer), every trainable parameter in float32."""
     module = SyncDreamerTrainingModule.from_pretrained(
-        args.pretrained_model_name_or_path, transformer_dtype=weight_dtype if args.lora_rank else torch.float32
+        args.pretrained_model_name_or_path, transformer_dtype=weight_dtype if args.lora_rank else torch.float32,
+        train_text_encoder=args.train_text_encoder,
     )
     module.set_trainable(args.stage, args.lora_rank, args.lora_alpha)
     cast_training_params(module, dtype=torch.float32)
@@ -402,6 +415,11 @@ def main(argv=None):
         range(args.max_train_steps), initial=global_step, desc="steps", disable=not accelerator.is_local_main_process
     )
     empty_prompt_embeds = dataset.empty_prompt_embeds
+    tokenizer = None
+    if args.train_text_encoder:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.pretrained_model_name_or_path, subfolder="tokenizer")
     module.train()
     for epoch in range(first_epoch, num_epochs):
         if global_step >= args.max_train_steps:  # resumed from the last checkpoint: nothing left to train
@@ -418,6 +436,7 @@ def main(argv=None):
                     loss, logs = training_loss(
                         module, batch, args, generator, empty_prompt_embeds, region_names, query_regions,
                         accelerator.device, weight_dtype if args.lora_rank else torch.float32, modality_generator,
+                        tokenizer,
                     )
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:

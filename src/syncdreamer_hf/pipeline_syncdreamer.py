@@ -305,9 +305,10 @@ class SyncDreamerPipeline(ModelCardMixin, DiffusionPipeline, WanLoraLoaderMixin)
             if isinstance(component, ModelCardMixin):
                 component.save_model_cards(Path(directory) / name, repo_id)
 
-    def _get_t5_prompt_embeds(self, prompt: list[str], max_sequence_length: int, device, dtype) -> torch.Tensor:
-        """`prompt` (B strings) -> `(B, max_sequence_length, text_dim)`, zero past each prompt's tokens (as Wan)."""
-        text_inputs = self.tokenizer(
+    @staticmethod
+    def tokenize_prompts(tokenizer, prompt: list[str], max_sequence_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`prompt` (B strings) -> `(input_ids, attention_mask)`, each `(B, max_sequence_length)` (as Wan)."""
+        text_inputs = tokenizer(
             [prompt_clean(text) for text in prompt],
             padding="max_length",
             max_length=max_sequence_length,
@@ -316,9 +317,18 @@ class SyncDreamerPipeline(ModelCardMixin, DiffusionPipeline, WanLoraLoaderMixin)
             return_attention_mask=True,
             return_tensors="pt",
         )
-        input_ids, mask = text_inputs.input_ids.to(device), text_inputs.attention_mask.to(device)
-        prompt_embeds = self.text_encoder(input_ids, mask).last_hidden_state
-        return (prompt_embeds * mask.unsqueeze(-1)).to(dtype=dtype)
+        return text_inputs.input_ids, text_inputs.attention_mask
+
+    @staticmethod
+    def embed_prompt_tokens(text_encoder, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """`(B, L)` tokens -> `(B, L, text_dim)` umT5 embeddings, zero past each prompt's tokens (as Wan)."""
+        prompt_embeds = text_encoder(input_ids, attention_mask).last_hidden_state
+        return prompt_embeds * attention_mask.unsqueeze(-1).to(prompt_embeds.dtype)
+
+    def _get_t5_prompt_embeds(self, prompt: list[str], max_sequence_length: int, device, dtype) -> torch.Tensor:
+        """`prompt` (B strings) -> `(B, max_sequence_length, text_dim)`, zero past each prompt's tokens."""
+        input_ids, mask = self.tokenize_prompts(self.tokenizer, prompt, max_sequence_length)
+        return self.embed_prompt_tokens(self.text_encoder, input_ids.to(device), mask.to(device)).to(dtype=dtype)
 
     def encode_prompt(
         self,

@@ -27,9 +27,10 @@ from accelerate import init_empty_weights
 from accelerate.utils import SAFE_WEIGHTS_NAME
 from diffusers.loaders.lora_base import LORA_WEIGHT_NAME_SAFE
 from safetensors.torch import load_file, save_file
+from transformers import PreTrainedModel
 
 from ..pipeline_syncdreamer import NEW_BRANCHES_FILE, SyncDreamerPipeline
-from .module import TRAINED_COMPONENTS, SyncDreamerTrainingModule
+from .module import SyncDreamerTrainingModule
 
 CHECKPOINT_PREFIX = "checkpoint-"
 TEMPORARY_PATTERN = ".checkpoint-*.tmp"
@@ -116,7 +117,7 @@ def save_trained(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     state_dict = module.state_dict() if state_dict is None else state_dict
-    parts = {name: {} for name in TRAINED_COMPONENTS}
+    parts = {name: {} for name in module.component_names}
     for key, tensor in state_dict.items():
         component, _, name = key.partition(".")
         parts[component][name] = tensor
@@ -160,7 +161,8 @@ def save_model_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], di
     """`model.save_pretrained(directory)` with the weights of `state_dict`: a copy of `model` is built on the meta
     device from its config and given the tensors, so nothing is allocated and a sharded live model works too."""
     with init_empty_weights():
-        copy = type(model).from_config(model.config)
+        build = type(model)._from_config if isinstance(model, PreTrainedModel) else type(model).from_config
+        copy = build(model.config)
     copy.load_state_dict(state_dict, strict=True, assign=True)
     copy.save_pretrained(directory)
 
@@ -172,7 +174,10 @@ def load_model_weights(model: nn.Module, directory: Path) -> None:
         weights = load_file(path)
         model.load_state_dict(weights, strict=False)
         loaded.update(weights)
-    missing = sorted(set(model.state_dict()) - loaded)
+    current = model.state_dict(keep_vars=True)
+    loaded_storage = {current[name].data_ptr() for name in loaded if name in current}
+    # a tied weight (umT5's token embeddings) is saved once and loaded through the tensor it shares
+    missing = sorted(name for name, value in current.items() if name not in loaded and value.data_ptr() not in loaded_storage)
     if missing:
         raise ValueError(f"{directory} lacks weights of {type(model).__name__}: {missing[:3]}")
 
