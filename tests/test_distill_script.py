@@ -112,12 +112,13 @@ def count_transformer_passes(pipe) -> list[int]:
     return batch_sizes
 
 
-@pytest.mark.parametrize("guidance", [(2.0, 2.5), (1.0, 3.0), (4.0, 1.0)])
+@pytest.mark.parametrize("guidance", [(2.0, 2.5, 1.0), (1.0, 3.0, 1.0), (4.0, 1.0, 1.0), (6.0, 2.5, 0.5)])
 @pytest.mark.parametrize("reference_sink", [True, False])
 def test_teacher_sample_is_the_pipelines_window(guidance, reference_sink):
     """The teacher's target for a window is exactly what the pipeline generates for it: same conditioning
-    (reference sink, known frame, padded prompt), same guidance passes and scheduler, same noise."""
-    guidance_scale, audio_guidance_scale = guidance
+    (reference sink, known frame, padded prompt), same guidance passes (text guidance in the first `guidance_end`
+    of the steps) and scheduler, same noise."""
+    guidance_scale, audio_guidance_scale, guidance_end = guidance
     pipe = tiny_teacher(reference_sink=reference_sink)
     image = np.random.default_rng(0).integers(0, 255, (HEIGHT, WIDTH, 3), dtype=np.uint8)
     audio = np.random.default_rng(1).standard_normal(round(NUM_FRAMES / FPS * 16000)).astype(np.float32) * 0.1
@@ -130,6 +131,7 @@ def test_teacher_sample_is_the_pipelines_window(guidance, reference_sink):
         num_frames=NUM_FRAMES,
         guidance_scale=guidance_scale,
         audio_guidance_scale=audio_guidance_scale,
+        guidance_end=guidance_end,
         output_type="latent",
         generator=torch.Generator().manual_seed(7),
     ).frames
@@ -158,6 +160,7 @@ def test_teacher_sample_is_the_pipelines_window(guidance, reference_sink):
         audio_hidden_states=pipe.encode_audio_hidden_states(audio, FPS, 0, NUM_FRAMES, "cpu"),
         guidance_scale=guidance_scale,
         audio_guidance_scale=audio_guidance_scale,
+        guidance_end=guidance_end,
         num_sink_frames=int(reference_sink),
     )
     torch.testing.assert_close(sample[:, :, int(reference_sink) :], expected, atol=1e-5, rtol=1e-5)

@@ -99,6 +99,10 @@ def parse_args(argv=None):
         "--teacher_audio_guidance_scale", type=float, default=None, help="default: the teacher's config."
     )
     parser.add_argument(
+        "--teacher_guidance_end", type=float, default=None,
+        help="fraction of the teacher's steps, from the noisiest, with text guidance; default: the teacher's config.",
+    )
+    parser.add_argument(
         "--motion_condition_prob",
         type=float,
         default=0.7,
@@ -268,20 +272,27 @@ def guided_velocity(
 
 
 @torch.no_grad()
-def teacher_sample(teacher, scheduler, noise, condition, num_inference_steps: int, dtype=torch.float32, **guidance):
+def teacher_sample(
+    teacher, scheduler, noise, condition, num_inference_steps: int, dtype=torch.float32, guidance_end: float = 1.0,
+    **guidance,
+):
     """The teacher's sample of a batch of windows: `noise (B, 16, T', h, w)` denoised with `scheduler` (its state is
-    reset) and `guided_velocity(**guidance)` as the pipeline's denoising loop does; returns `(B, 16, T', h, w)`."""
+    reset) and `guided_velocity(**guidance)` as the pipeline's denoising loop does, text guidance in the first
+    `guidance_end` of the steps only (the pipeline's `guidance_end`); returns `(B, 16, T', h, w)`."""
     scheduler.set_timesteps(num_inference_steps, device=noise.device)
+    num_guided_steps = round(guidance_end * num_inference_steps)
     latents = noise
-    for t in scheduler.timesteps:
+    for i, t in enumerate(scheduler.timesteps):
         model_input = torch.cat([latents, condition], dim=1).to(dtype)
-        velocity = guided_velocity(teacher, model_input, t.expand(len(latents)), **guidance)
+        step_guidance = guidance if i < num_guided_steps else {**guidance, "guidance_scale": 1.0}
+        velocity = guided_velocity(teacher, model_input, t.expand(len(latents)), **step_guidance)
         latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
     return latents
 
 
 def teacher_sampling(args, settings: dict) -> tuple[int, dict]:
-    """The teacher's steps and `{guidance_scale, audio_guidance_scale}`: its config's defaults unless overridden."""
+    """The teacher's steps and `{guidance_scale, audio_guidance_scale, guidance_end}`: its config's defaults unless
+    overridden."""
     steps = args.teacher_num_inference_steps or settings["default_num_inference_steps"]
     guidance = {
         "guidance_scale": settings["default_guidance_scale"]
@@ -290,6 +301,7 @@ def teacher_sampling(args, settings: dict) -> tuple[int, dict]:
         "audio_guidance_scale": settings["default_audio_guidance_scale"]
         if args.teacher_audio_guidance_scale is None
         else args.teacher_audio_guidance_scale,
+        "guidance_end": settings["default_guidance_end"] if args.teacher_guidance_end is None else args.teacher_guidance_end,
     }
     return steps, guidance
 
@@ -437,7 +449,9 @@ def model_card_note(args, summary: dict) -> str:
         [
             f"Distilled from `{summary['teacher']}` by `training_scripts/distill_syncdreamer.py` (reflow with the teacher's "
             f"guidance baked in): {summary['num_pairs']} teacher pairs (cached windows denoised by the teacher with "
-            f"{summary['teacher_steps']} steps, text guidance {guidance['guidance_scale']:g} and audio guidance "
+            f"{summary['teacher_steps']} steps, text guidance {guidance['guidance_scale']:g}"
+            + (f" in the first {guidance_end:.0%} of them" if (guidance_end := guidance.get("guidance_end", 1.0)) < 1 else "")
+            + f" and audio guidance "
             f"{guidance['audio_guidance_scale']:g}: 3 transformer passes per step), then {summary['train_steps']} "
             f"steps of batch {summary['train_batch_size']} on the straight paths at the sigmas of the "
             f"{'/'.join(map(str, summary['student_steps']))}-step schedules; final loss {summary['final_loss']:.4f}.",
