@@ -619,7 +619,7 @@ def main(argv=None):
     else:
         log(f"2. {init_dir} exists: skipped")
 
-    # 2b. the Wav2Vec2 pretrained on the world's speech (the pipeline's one is replaced once)
+    # 2b. the Wav2Vec2 pretrained on the world's speech replaces the initial pipeline's
     if args.pretrain_audio_steps:
         audio_dir = work_dir / "audio_encoder"
         command = [sys.executable, str(REPO / "training_scripts" / "pretrain_tiny_wav2vec2.py"), "--pipeline",
@@ -630,9 +630,9 @@ def main(argv=None):
         if not (audio_dir / "probe.json").is_file():  # written after the encoder
             log("2b. pretraining the Wav2Vec2 on the world's speech")
             state["wall_seconds"]["audio_encoder"] = run(command)
-        if not state.get("audio_encoder_installed"):
+        weights = "model.safetensors"
+        if (init_dir / "audio_encoder" / weights).read_bytes() != (audio_dir / weights).read_bytes():
             install_audio_encoder(init_dir, audio_dir)
-            state["audio_encoder_installed"] = True
         else:
             log(f"2b. {audio_dir} is in {init_dir}: skipped")
         state["audio_encoder_probe"] = json.loads((audio_dir / "probe.json").read_text())

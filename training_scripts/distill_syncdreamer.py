@@ -445,14 +445,15 @@ def save_record(work_dir: Path, record: dict) -> None:
 def model_card_note(args, summary: dict) -> str:
     """The card's account of the distillation: teacher, pairs, training, wall times, the command."""
     guidance = summary["teacher_guidance"]
+    text_guidance = f"text guidance {guidance['guidance_scale']:g}" + (
+        f" in the first {guidance['guidance_end']:.0%} of them" if guidance["guidance_end"] < 1 else ""
+    )
     return "\n".join(
         [
             f"Distilled from `{summary['teacher']}` by `training_scripts/distill_syncdreamer.py` (reflow with the teacher's "
             f"guidance baked in): {summary['num_pairs']} teacher pairs (cached windows denoised by the teacher with "
-            f"{summary['teacher_steps']} steps, text guidance {guidance['guidance_scale']:g}"
-            + (f" in the first {guidance_end:.0%} of them" if (guidance_end := guidance.get("guidance_end", 1.0)) < 1 else "")
-            + f" and audio guidance "
-            f"{guidance['audio_guidance_scale']:g}: 3 transformer passes per step), then {summary['train_steps']} "
+            f"{summary['teacher_steps']} steps, {text_guidance} and audio guidance {guidance['audio_guidance_scale']:g}: "
+            f"3 transformer passes per step), then {summary['train_steps']} "
             f"steps of batch {summary['train_batch_size']} on the straight paths at the sigmas of the "
             f"{'/'.join(map(str, summary['student_steps']))}-step schedules; final loss {summary['final_loss']:.4f}.",
             "",

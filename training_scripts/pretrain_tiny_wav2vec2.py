@@ -18,37 +18,40 @@ Reports the ridge-probe r of held-out speech before and after (`probe.json` in `
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
+from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model, set_seed
 
 from syncdreamer_hf.data.synthetic import SAMPLE_RATE, loudness_envelope, synthesize_speech
 from syncdreamer_hf.media import load_audio
-
-ENCODER_FPS = 50  # Wav2Vec2 frames per second (a 320-sample stride)
-
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pipeline", required=True,
                         help="SyncDreamer-Tiny folder whose audio_encoder (and feature_extractor) to start from")
-    parser.add_argument("--output", required=True, help="the pretrained Wav2Vec2 folder")
+    parser.add_argument("--output", help="the pretrained Wav2Vec2 folder (required unless --probe_only)")
+    parser.add_argument("--probe_only", action="store_true",
+                        help="train nothing: print the probe figures of --pipeline's own encoder")
     parser.add_argument("--train_clips", type=int, default=256, help="train-split speech clips")
     parser.add_argument("--clip_seconds", type=float, default=4.0)
     parser.add_argument("--window_frames", type=int, default=9, help="video frames per window (the pipeline's)")
     parser.add_argument("--fps", type=float, default=25.0)
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--max_train_steps", type=int, default=1500)
+    parser.add_argument("--max_train_steps", type=int, default=3000)
     parser.add_argument("--learning_rate", type=float, default=2e-3)
     parser.add_argument("--probe_clips", type=int, default=6, help="held-out clips for the before/after probe")
     parser.add_argument("--probe_speech", nargs="*", default=[],
                         help="recordings (never trained on) to probe as well: the held-out speech of the report")
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not (args.output or args.probe_only):
+        parser.error("--output is required (or --probe_only).")
+    return args
 
 
 def augment(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -62,21 +65,22 @@ def augment(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 class LoudnessDataset:
-    """Random windows of train-split speech with their 50 Hz envelope (computed over the whole clip, as the
-    mouth follows it)."""
+    """Random windows of train-split speech with their envelope at the encoder's frame rate (one frame per `hop`
+    samples; computed over the whole clip, as the mouth follows it)."""
 
-    def __init__(self, num_clips: int, seconds: float, window_seconds: float, seed: int):
+    def __init__(self, num_clips: int, seconds: float, window_seconds: float, hop: int, seed: int):
         self.clips = [synthesize_speech(seconds, seed=index, split="train") for index in range(num_clips)]
-        self.envelopes = [loudness_envelope(audio, ENCODER_FPS) for audio in self.clips]
-        self.window = round(window_seconds * SAMPLE_RATE)
+        self.envelopes = [loudness_envelope(audio, SAMPLE_RATE / hop) for audio in self.clips]
+        self.window, self.hop = round(window_seconds * SAMPLE_RATE), hop
         self.rng = np.random.default_rng(seed)
 
-    def batch(self, feature_extractor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, feature_extractor, batch_size: int) -> tuple[torch.Tensor, list[np.ndarray]]:
+        """`(input_values (B, window), [envelope from the window's first encoder frame on] * B)`."""
         inputs, targets = [], []
         for _ in range(batch_size):
             index = self.rng.integers(len(self.clips))
-            first = self.rng.integers(0, len(self.envelopes[index]) - self.window // 320)  # in encoder frames
-            start = first * 320
+            first = self.rng.integers(0, len(self.envelopes[index]) - self.window // self.hop)  # in encoder frames
+            start = first * self.hop
             inputs.append(augment(self.clips[index][start : start + self.window], self.rng))
             targets.append(self.envelopes[index][first:])
         values = feature_extractor(inputs, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_values
@@ -105,20 +109,23 @@ def probe(feature_extractor, encoder, args) -> dict[str, float]:
 
 def main(argv=None):
     args = parse_args(argv)
-    torch.manual_seed(args.seed)
-    output = Path(args.output)
+    set_seed(args.seed)  # torch and numpy: Wav2Vec2's time masking in training draws from numpy's global RNG
     feature_extractor = Wav2Vec2FeatureExtractor.from_pretrained(args.pipeline, subfolder="feature_extractor")
     encoder = Wav2Vec2Model.from_pretrained(args.pipeline, subfolder="audio_encoder")
     probe_before = probe(feature_extractor, encoder, args)
+    if args.probe_only:
+        print(json.dumps(probe_before, indent=2))
+        return
     encoder.train()
     head = torch.nn.Linear(encoder.config.hidden_size, 1)
-    data = LoudnessDataset(args.train_clips, args.clip_seconds, args.window_frames / args.fps, args.seed)
+    hop = math.prod(encoder.config.conv_stride)  # samples per encoder frame (320: 50 Hz)
+    data = LoudnessDataset(args.train_clips, args.clip_seconds, args.window_frames / args.fps, hop, args.seed)
     optimizer = torch.optim.AdamW([*encoder.parameters(), *head.parameters()], lr=args.learning_rate)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.learning_rate, total_steps=args.max_train_steps)
 
     start, curve = time.time(), []
     progress = tqdm(range(args.max_train_steps), desc="pretrain Wav2Vec2")
-    for step in progress:
+    for _ in progress:
         loss = loss_fn(encoder, head, *data.batch(feature_extractor, args.batch_size))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(encoder.parameters(), 1.0)
@@ -129,6 +136,7 @@ def main(argv=None):
         progress.set_postfix(loss=f"{np.mean(curve[-50:]):.4f}")
 
     train_seconds = time.time() - start
+    output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     encoder.eval().save_pretrained(output)
     report = {
