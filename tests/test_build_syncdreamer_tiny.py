@@ -148,3 +148,18 @@ def test_schedule_and_guidance_settings_reach_the_commands_and_the_config(built,
     evaluate = " ".join(build.evaluate_command(tmp_path, tmp_path / "eval.json", 1, 1.0, 2, args))
     assert "--guidance-end 0.5" in evaluate
     assert build.sampling_defaults(args)["default_guidance_end"] == 0.5
+
+
+def test_warm_start_adds_a_zero_position_embedding(built, tmp_path):
+    """`--init_pipeline` with `--position_embedding`: the warm start's transformer gets the embedding at zero and
+    otherwise the init pipeline's weights (it generates the same video)."""
+    root, argv, _ = built
+    shipped = root / "syncdreamer-tiny"
+    args = build.parse_args([*argv, "--init_pipeline", str(shipped), "--position_embedding"])
+    build.warm_start_pipeline(args, tmp_path / "init")
+    before = SyncDreamerPipeline.from_pretrained(shipped).transformer
+    after = SyncDreamerPipeline.from_pretrained(tmp_path / "init").transformer
+    assert before.config.position_embedding_grid is None and after.config.position_embedding_grid == [8, 8]
+    assert not after.position_embedding.embedding.any()
+    weights = after.state_dict()
+    assert all(torch.equal(weights[name], value) for name, value in before.state_dict().items())

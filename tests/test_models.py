@@ -392,3 +392,27 @@ def test_real_sized_configs_instantiate_on_meta(name):
     per_block = 2 * (4 * inner * inner + 4 * inner + 2 * inner) + 2 * 2 * inner  # two WanAttention + two norms
     assert new == config["num_layers"] * per_block + (1024 + 768) * inner + 2 * (inner * inner + 2 * inner)
     print(f"{name}: base {base / 1e9:.3f} B, new branches {new / 1e9:.3f} B")
+
+
+@torch.no_grad()
+def test_position_embedding_starts_at_zero_tells_positions_apart_and_round_trips(tmp_path, model):
+    """`position_embedding_grid`: a learned embedding per token position, zero when added to a trained model (which
+    then works unchanged), saved with the model, interpolated to other grid sizes, trained as a new branch."""
+    inputs = make_inputs()
+    randomize_new_branches(model)
+    config = {key: value for key, value in model.config.items() if key != "_use_default_values"}
+    with_grid = SyncDreamerTransformer3DModel.from_config({**config, "position_embedding_grid": [H // 2, W // 2]})
+    missing, unexpected = with_grid.load_state_dict(model.state_dict(), strict=False)
+    assert missing == ["position_embedding.embedding"] and not unexpected
+    assert torch.equal(with_grid(**inputs).sample, model(**inputs).sample)
+    assert "position_embedding" in with_grid.new_branch_modules() and "position_embedding" not in model.new_branch_modules()
+
+    with_grid.position_embedding.embedding.normal_(generator=torch.Generator().manual_seed(0))
+    moved = with_grid(**inputs).sample
+    assert (moved - model(**inputs).sample).abs().mean() > 1e-2
+    with_grid.save_pretrained(tmp_path)
+    loaded = SyncDreamerTransformer3DModel.from_pretrained(tmp_path)
+    assert loaded.config.position_embedding_grid == [H // 2, W // 2]
+    assert torch.equal(loaded(**inputs).sample, moved)
+    wider = {**inputs, "hidden_states": torch.randn(B, 36, T, H, 2 * W)}
+    assert loaded(**wider).sample.shape == (B, 16, T, H, 2 * W)

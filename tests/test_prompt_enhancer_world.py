@@ -14,11 +14,13 @@ from syncdreamer_hf.evaluation.benchmark import make_benchmark_cases
 from syncdreamer_hf.prompt_enhancer import SyncDreamerPromptEnhancer
 from syncdreamer_hf.prompt_enhancer.enhancer import ENHANCE_INSTRUCTION
 from syncdreamer_hf.prompt_enhancer.world import (
+    KEPT_WORDS,
     UNKNOWN_TOKEN,
     WorldInstructionReward,
     build_world_tokenizer,
     build_world_vlm,
     parse_world_phrase,
+    world_row,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,6 +76,21 @@ def test_world_tokenizer_writes_every_world_phrase_back_and_does_not_know_held_o
     )
 
 
+def test_word_dropout_makes_other_words_unknown_and_keeps_sides_objects_and_targets():
+    tokenizer = build_world_tokenizer()
+    for index in range(50):
+        clean, dropped = world_row(index, "train"), world_row(index, "train", unknown=0.5)
+        assert (dropped["target"], dropped["objects"]) == (clean["target"], clean["objects"])
+        words, dropped_words = clean["prompt"].split(), dropped["prompt"].split()
+        assert len(words) == len(dropped_words)
+        for word, new in zip(words, dropped_words):
+            if word in KEPT_WORDS or new == word:
+                assert new == word
+            else:  # a made-up word, read as [UNK]
+                assert tokenizer.convert_ids_to_tokens(tokenizer(new)["input_ids"]) == [UNKNOWN_TOKEN]
+    assert world_row(3, "train", unknown=0.0) == world_row(3, "train")  # off by default: the rows are unchanged
+
+
 def test_evaluate_synthetic_with_user_prompts_and_an_enhancer(tmp_path):
     enhancer_dir = build_world_vlm(tmp_path / "enhancer", hidden_size=32)  # random: any text it writes will do
     enhancer = SyncDreamerPromptEnhancer.from_pretrained(enhancer_dir, max_new_tokens=6)
@@ -111,7 +128,7 @@ def test_evaluate_enhance_prompt_without_an_enhancer_is_one_line(capsys):
 SHIPPED_EXAMPLES = [  # (held-out identity seed, objects in the image, held-out user prompt, the world's phrase)
     (3, ["pen"], "say hi to everyone", "wave with the right hand while holding a pen"),
     (4, ["notebook"], "look at the ceiling while you explain", "look up while holding a notebook"),
-    (5, [], "look right with your eyes as you talk", "look to the right"),
+    (9, [], "agree with a nod", "nod"),
 ]
 
 

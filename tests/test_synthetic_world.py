@@ -166,3 +166,30 @@ def test_written_dataset_round_trips(tmp_path):
             assert np.abs(value.mean(0) - record["identity"][name]).max() < 6, name
         expected = world.synthetic_example(record["seed"], "heldout", 2.0, 12.5)
         assert record["caption"] == expected.caption and record["identity"] == expected.identity.to_dict()
+
+
+def test_side_twin_of_a_clip_is_its_mirror_image():
+    instructions = ["turn_head_left", "raise_right_hand", "look_left"]
+    assert world.mirrored_instructions(instructions) == ["turn_head_right", "raise_left_hand", "look_right"]
+    assert world.mirrored_instructions(["nod", "look_up"]) == ["nod", "look_up"]
+    clip = speaking_clip(seed=5, instructions=instructions, seconds=1.0)
+    twin = speaking_clip(seed=5, instructions=world.mirrored_instructions(instructions), seconds=1.0)
+    np.testing.assert_array_equal(twin.frames, clip.frames[:, :, ::-1])
+    assert twin.motion["raise_left"].max() == 1 and twin.motion["raise_right"].max() == 0
+
+
+def test_written_dataset_adds_side_twins_after_sided_clips(tmp_path):
+    out = world.write_clip_dataset(tmp_path / "data", n_clips=6, seconds=0.4, side_twins=True)
+    records = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    originals = [record for record in records if not record["file_name"].endswith("_twin.mp4")]
+    assert [record["file_name"] for record in originals] == [f"clip_{index:05d}.mp4" for index in range(6)]
+    sided = [record for record in originals if world.mirrored_instructions(record["instructions"]) != record["instructions"]]
+    assert 0 < len(sided) < 6, "seed 0 should draw clips with and without a side"
+    assert len(records) == 6 + len(sided)
+    for position, record in enumerate(records):
+        if record in sided:
+            twin = records[position + 1]
+            assert twin["file_name"] == record["file_name"].replace(".mp4", "_twin.mp4")
+            assert twin["instructions"] == world.mirrored_instructions(record["instructions"])
+            assert (twin["seed"], twin["identity"], twin["objects"]) == (record["seed"], record["identity"], record["objects"])
+            np.testing.assert_array_equal(load_audio(out / twin["file_name"]), load_audio(out / record["file_name"]))

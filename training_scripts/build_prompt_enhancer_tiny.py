@@ -49,6 +49,14 @@ def parse_args(argv=None):
     parser.add_argument("--noise", type=float, default=0.5, help="share of SFT prompts with noise words")
     parser.add_argument("--grpo_rows", type=int, default=1000, help="GRPO prompts (other training rows)")
     parser.add_argument("--grpo_noise", type=float, default=1.0, help="share of GRPO prompts with noise words")
+    parser.add_argument(
+        "--unknown",
+        type=float,
+        default=0.0,
+        help="word dropout of the SFT prompts: each word but the side/direction words and object names becomes a "
+        "made-up word ([UNK], as held-out-only words are) with this probability",
+    )
+    parser.add_argument("--grpo_unknown", type=float, default=0.0, help="the same word dropout, on the GRPO prompts")
     parser.add_argument("--heldout_rows", type=int, default=200)
     parser.add_argument("--hidden_size", type=int, default=64)
     parser.add_argument("--sft_steps", type=int, default=600)
@@ -138,8 +146,10 @@ def main(argv=None):
     heldout = [world_row(index, "heldout", args.seed) for index in range(args.heldout_rows)]
     if not args.skip_training:
         base_dir = build_world_vlm(os.path.join(out, "base"), hidden_size=args.hidden_size, seed=args.seed)
-        write_world_dataset(os.path.join(out, "data", "train"), args.train_rows, "train", args.seed, args.noise)
-        write_world_dataset(os.path.join(out, "data", "grpo"), args.grpo_rows, "train", args.seed + 1, args.grpo_noise)
+        write_world_dataset(os.path.join(out, "data", "train"), args.train_rows, "train", args.seed, args.noise,
+                            args.unknown)  # fmt: skip
+        write_world_dataset(os.path.join(out, "data", "grpo"), args.grpo_rows, "train", args.seed + 1, args.grpo_noise,
+                            args.grpo_unknown)  # fmt: skip
         sft_dir = os.path.join(out, "tiny-sft")
         train.main(train_argv(args, base_dir, os.path.join(out, "tiny"), args.sft_steps, args.grpo_steps,
                               "--sft_output_dir", sft_dir))  # fmt: skip

@@ -8,7 +8,8 @@ killed run is continued by running the same command again):
         --output pipelines/syncdreamer-tiny --max_train_minutes 45
 
 0. VAE: `training_scripts/train_tiny_vae.py` (`--train_vae_minutes`), unless `--vae` is given.
-1. data: `write_clip_dataset` writes `--num_clips` train-split clips of the synthetic world (`work_dir/data`).
+1. data: `write_clip_dataset` writes `--num_clips` train-split clips of the synthetic world (`work_dir/data`),
+   with `--side_twins` each followed by its twin with left and right exchanged in the instructions.
 2. initial pipeline (`work_dir/init_pipeline`):
    - tokenizer: a Unigram umT5-style tokenizer trained with `tokenizers` on the world's prompts and captions, so
      the instruction words ("raise", "right", "hand", "turn", "head", "nod", "wave", "look", ...) are whole tokens;
@@ -73,6 +74,9 @@ def parse_args(argv=None):
     parser.add_argument("--seconds", type=float, default=1.36,
                         help="clip length: short, so that every instructed motion starts in the first windows, from "
                              "the neutral reference frame, as at inference")
+    parser.add_argument("--side_twins", action="store_true",
+                        help="also write each clip's twin with left and right exchanged in its instructions "
+                             "(write_clip_dataset(side_twins=True)): pairs that differ only in the side named")
     parser.add_argument("--fps", type=float, default=25.0)
     parser.add_argument("--size", type=int, default=64, help="frame height and width")
     parser.add_argument("--num_frames", type=int, default=9, help="frames per training window and pipeline window")
@@ -85,6 +89,9 @@ def parse_args(argv=None):
     # model
     parser.add_argument("--num_layers", type=int, default=4)
     parser.add_argument("--num_heads", type=int, default=4)
+    parser.add_argument("--position_embedding", action="store_true",
+                        help="a learned position embedding of the token grid in the transformer "
+                             "(`position_embedding_grid`); with --init_pipeline it is added (at zero) when missing")
     parser.add_argument("--head_dim", type=int, default=32)
     # training
     parser.add_argument("--region_weights", default="mouth=20,hands=10,eyes=5,jaw=5")
@@ -176,7 +183,7 @@ def write_data(args, data_dir: Path) -> None:
     temporary = data_dir.with_name(data_dir.name + ".tmp")
     shutil.rmtree(temporary, ignore_errors=True)
     write_clip_dataset(temporary, args.num_clips, seconds=args.seconds, fps=args.fps, height=args.size,
-                       width=args.size, split="train", seed=args.seed)
+                       width=args.size, split="train", seed=args.seed, side_twins=args.side_twins)
     os.replace(temporary, data_dir)
 
 
@@ -271,11 +278,26 @@ def sampling_defaults(args) -> dict:
             "motion_latent_noise": args.motion_latent_noise}
 
 
+def position_embedding_grid(args, vae_config) -> list[int] | None:
+    """The transformer's token grid at the build's frame size (patch 2x2), or None without --position_embedding."""
+    side = args.size // vae_config["scale_factor_spatial"] // 2
+    return [side, side] if args.position_embedding else None
+
+
 def warm_start_pipeline(args, pipeline_dir: Path) -> None:
-    """Step 2 with `--init_pipeline`: that pipeline's components, this build's window and sampling settings."""
-    from syncdreamer_hf import SyncDreamerPipeline
+    """Step 2 with `--init_pipeline`: that pipeline's components, this build's window and sampling settings (and a
+    zero position embedding added to its transformer when --position_embedding asks for one it lacks)."""
+    from syncdreamer_hf import SyncDreamerPipeline, SyncDreamerTransformer3DModel
 
     pipe = SyncDreamerPipeline.from_pretrained(args.init_pipeline)
+    grid = position_embedding_grid(args, pipe.vae.config)
+    if grid and pipe.transformer.config.position_embedding_grid is None:
+        config = {key: value for key, value in pipe.transformer.config.items() if key != "_use_default_values"}
+        transformer = SyncDreamerTransformer3DModel.from_config({**config, "position_embedding_grid": grid})
+        missing, unexpected = transformer.load_state_dict(pipe.transformer.state_dict(), strict=False)
+        if missing != ["position_embedding.embedding"] or unexpected:
+            raise RuntimeError(f"adding the position embedding: missing {missing}, unexpected {unexpected}")
+        pipe.register_modules(transformer=transformer)
     pipe.register_to_config(num_frames_per_window=args.num_frames, num_motion_frames=args.num_motion_frames,
                             **sampling_defaults(args))
     save_pipeline(pipe, pipeline_dir)
@@ -347,7 +369,7 @@ def build_initial_pipeline(args, data_dir: Path, pipeline_dir: Path) -> None:
         patch_size=(1, 2, 2), num_attention_heads=args.num_heads, attention_head_dim=args.head_dim,
         in_channels=2 * vae.config.z_dim + 4, out_channels=vae.config.z_dim, text_dim=text_dim, freq_dim=64,
         ffn_dim=2 * args.num_heads * args.head_dim, num_layers=args.num_layers, rope_max_seq_len=64,
-        identity_dim=identity_dim, audio_dim=audio_dim,
+        identity_dim=identity_dim, audio_dim=audio_dim, position_embedding_grid=position_embedding_grid(args, vae.config),
     )
     visual_adapter = SyncDreamerVisualAdapter(image_embed_dim=image_dim, num_queries=8, hidden_dim=32, num_layers=1,
                                               num_attention_heads=2, identity_dim=identity_dim)
@@ -598,7 +620,7 @@ def main(argv=None):
 
     # 1. data
     if not (data_dir / "metadata.jsonl").is_file():
-        log(f"1. writing {args.num_clips} synthetic train clips to {data_dir}")
+        log(f"1. writing {args.num_clips} synthetic train clips{' and their side twins' * args.side_twins} to {data_dir}")
         start = time.time()
         write_data(args, data_dir)
         state["wall_seconds"]["data"] = time.time() - start

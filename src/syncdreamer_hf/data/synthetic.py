@@ -359,6 +359,13 @@ def expected_motions(instructions) -> set[str]:
     return set(instructions) | {motion for name in instructions for motion in IMPLIED_MOTIONS.get(name, ())}
 
 
+def mirrored_instructions(instructions) -> list[str]:
+    """`instructions` with left and right exchanged: ["raise_right_hand", "look_up"] -> ["raise_left_hand",
+    "look_up"]."""
+    swap = {"left": "right", "right": "left"}
+    return ["_".join(swap.get(word, word) for word in name.split("_")) for name in instructions]
+
+
 def _check_instructions(instructions, objects) -> None:
     unknown = [name for name in instructions if name not in INSTRUCTIONS]
     if unknown:
@@ -625,12 +632,15 @@ def synthetic_example(seed: int, split: str = "train", seconds: float = 4.0, fps
 
 
 def write_clip_dataset(out_dir, n_clips: int, seconds: float = 4.0, fps: float = 25.0, height: int = 64,
-                       width: int = 64, split: str = "train", seed: int = 0, audio_paths=None) -> Path:
+                       width: int = 64, split: str = "train", seed: int = 0, audio_paths=None,
+                       side_twins: bool = False) -> Path:
     """Writes `n_clips` clips as `clip_00000.mp4` (H.264 + AAC audio), `clip_00000_masks.npz` (one (F, H, W)
     bool array per region) and one `metadata.jsonl` line per clip, all under `out_dir`.
 
     `audio_paths`: optional real recordings, used in turn (cut to `seconds`) instead of synthetic speech.
-    Returns `out_dir` as a Path.
+    `side_twins`: after each clip whose instructions name a side, also write its twin `clip_00000_twin`: the same
+    identity, audio, objects and timing with left and right exchanged (`mirrored_instructions`), a pair that differs
+    only in the side the text names. Returns `out_dir` as a Path.
     """
     from ..media import load_audio, save_video
 
@@ -642,13 +652,8 @@ def write_clip_dataset(out_dir, n_clips: int, seconds: float = 4.0, fps: float =
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "metadata.jsonl", "w", encoding="utf-8") as metadata:
-        for index in range(n_clips):
-            this_seed = clip_seed(seed, split, index)
-            audio = None
-            if audio_paths:
-                audio = load_audio(audio_paths[index % len(audio_paths)])[: round(seconds * SAMPLE_RATE)]
-            clip = synthetic_example(this_seed, split, seconds, fps, height, width, audio)
-            name = f"clip_{index:05d}"
+
+        def write(clip: SyntheticClip, name: str) -> None:
             save_video(clip.frames, out_dir / f"{name}.mp4", fps, audio=clip.audio, sample_rate=SAMPLE_RATE)
             np.savez_compressed(out_dir / f"{name}_masks.npz", **clip.masks)
             record = {
@@ -656,7 +661,19 @@ def write_clip_dataset(out_dir, n_clips: int, seconds: float = 4.0, fps: float =
                 "masks": f"{name}_masks.npz", "attributes": clip_attributes(clip.identity, clip.objects),
                 "identity": clip.identity.to_dict(), "instructions": clip.instructions, "objects": clip.objects,
                 "fps": fps, "num_frames": len(clip.frames), "seconds": len(clip.frames) / fps,
-                "split": split, "seed": this_seed,
+                "split": split, "seed": clip.seed,
             }
             metadata.write(json.dumps(record) + "\n")
+
+        for index in range(n_clips):
+            this_seed = clip_seed(seed, split, index)
+            audio = None
+            if audio_paths:
+                audio = load_audio(audio_paths[index % len(audio_paths)])[: round(seconds * SAMPLE_RATE)]
+            clip = synthetic_example(this_seed, split, seconds, fps, height, width, audio)
+            write(clip, f"clip_{index:05d}")
+            mirrored = mirrored_instructions(clip.instructions)
+            if side_twins and mirrored != clip.instructions:
+                write(render_clip(clip.identity, clip.audio, mirrored, clip.objects, fps, None, height, width,
+                                  this_seed), f"clip_{index:05d}_twin")
     return out_dir

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from accelerate import init_empty_weights
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
@@ -46,7 +47,8 @@ logger = logging.get_logger(__name__)
 
 # Modules that `WanTransformer3DModel` does not have: they start from scratch in `from_wan`. Read them through
 # `SyncDreamerTransformer3DModel.new_branch_modules()` / `.audio_branch_modules()`.
-NEW_BRANCH_MODULES = ("identity_embedder", "audio_embedder", "norm_identity", "attn_identity", "norm_audio", "attn_audio")
+NEW_BRANCH_MODULES = ("identity_embedder", "audio_embedder", "norm_identity", "attn_identity", "norm_audio", "attn_audio",
+                      "position_embedding")
 AUDIO_BRANCH_MODULES = ("audio_embedder", "norm_audio", "attn_audio")
 
 
@@ -105,6 +107,30 @@ class SyncDreamerIdentityAttnProcessor:
 
 
 @maybe_allow_in_graph
+class SyncDreamerPositionEmbedding(nn.Module):
+    """A learned embedding per position of the token grid (row, column), added to the patch embeddings of every frame.
+
+    RoPE tells attention how far apart two tokens are, not where in the frame a token is: with a reference that is
+    left-right symmetric, "the right hand" (the image's left side) has nothing to anchor to. Zero at initialisation,
+    so a trained model that gets it starts out unchanged. Other grid sizes interpolate it bilinearly.
+    """
+
+    def __init__(self, grid_size: tuple[int, int], dim: int):
+        super().__init__()
+        self.embedding = nn.Parameter(torch.zeros(1, dim, *grid_size))
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.embedding)
+
+    def forward(self, hidden_states: torch.Tensor, num_frames: int, height: int, width: int) -> torch.Tensor:
+        """hidden_states `(B, T * h * w, D)` (frame-major, as the patch embedding flattens them) plus the embedding."""
+        embedding = self.embedding
+        if tuple(embedding.shape[-2:]) != (height, width):
+            embedding = F.interpolate(embedding, size=(height, width), mode="bilinear", align_corners=False)
+        embedding = embedding.flatten(2).transpose(1, 2).repeat(1, num_frames, 1)  # (1, T * h * w, D)
+        return hidden_states + embedding.to(hidden_states.dtype)
+
+
 class SyncDreamerTransformerBlock(nn.Module):
     """Wan block + visual cross-attention to identity tokens + frame-local audio cross-attention."""
 
@@ -246,6 +272,10 @@ class SyncDreamerTransformer3DModel(
         localization_layers (`list[int]`, *optional*):
             Blocks whose visual cross-attention probabilities are returned for the attention localization loss.
             Defaults to the middle third of the blocks (the mid-level blocks).
+        position_embedding_grid (`tuple[int, int]`, *optional*):
+            `(h, w)` of the token grid (latent size / patch size) of a learned position embedding added to every
+            frame's tokens ([`SyncDreamerPositionEmbedding`], interpolated at other sizes). `None` (default, as Wan):
+            RoPE only.
 
     The Wan arguments: `patch_size`, `num_attention_heads`, `attention_head_dim`, `in_channels` (36 by default:
     16 noisy latents + 4 mask + 16 condition latents), `out_channels`, `text_dim`, `freq_dim`, `ffn_dim`,
@@ -297,6 +327,7 @@ class SyncDreamerTransformer3DModel(
         identity_dim: int = 1024,
         audio_dim: int = 768,
         localization_layers: list[int] | None = None,
+        position_embedding_grid: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
         if qk_norm != "rms_norm_across_heads":
@@ -311,6 +342,9 @@ class SyncDreamerTransformer3DModel(
         # 1. Patch & position embedding
         self.rope = WanRotaryPosEmbed(attention_head_dim, patch_size, rope_max_seq_len)
         self.patch_embedding = nn.Conv3d(in_channels, inner_dim, kernel_size=patch_size, stride=patch_size)
+        self.position_embedding = (
+            SyncDreamerPositionEmbedding(tuple(position_embedding_grid), inner_dim) if position_embedding_grid else None
+        )
 
         # 2. Condition embeddings: timestep + text (as Wan), identity and audio tokens (new)
         self.condition_embedder = WanTimeTextImageEmbedding(
@@ -372,6 +406,10 @@ class SyncDreamerTransformer3DModel(
 
         hidden_states = self.patch_embedding(hidden_states)
         hidden_states = hidden_states.flatten(2).transpose(1, 2).contiguous()  # (B, N, D), N = T * h * w
+        if self.position_embedding is not None:
+            hidden_states = self.position_embedding(
+                hidden_states, post_patch_num_frames, post_patch_height, post_patch_width
+            )
 
         temb, timestep_proj, encoder_hidden_states, _ = self.condition_embedder(timestep, encoder_hidden_states)
         timestep_proj = timestep_proj.unflatten(1, (6, -1))  # (B, 6, D)
@@ -421,8 +459,8 @@ class SyncDreamerTransformer3DModel(
     ]
 
     def new_branch_modules(self) -> dict[str, nn.Module]:
-        """The modules Wan does not have, by qualified name: the identity and audio embedders and every block's
-        identity/audio cross-attention with its norm."""
+        """The modules Wan does not have, by qualified name: the identity and audio embedders, every block's
+        identity/audio cross-attention with its norm, and the position embedding where there is one."""
         return {name: module for name, module in self.named_modules() if name.split(".")[-1] in NEW_BRANCH_MODULES}
 
     def audio_branch_modules(self) -> dict[str, nn.Module]:

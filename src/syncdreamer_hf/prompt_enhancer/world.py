@@ -34,6 +34,10 @@ OBJECT_PROMPT_PROBABILITY = 0.3  # rows whose prompt is about the held object, w
 FILLER_WORDS = ("okay", "now", "so", "um", "for me", "a little", "while you speak", "as you go", "when you can", "hey")
 NOISE_WORDS = 2  # at most, per noisy prompt
 UNKNOWN_TOKEN = "[UNK]"
+# Word dropout (`unknown` > 0): each other word of a training prompt becomes a made-up word ([UNK]) with probability
+# `unknown`, as the words only held-out phrasings use do; the side and direction words and the objects' names stay,
+# since they alone decide between instructions ("say hi with your left hand").
+KEPT_WORDS = frozenset({"left", "right", "up", "down", "upwards", "downwards", *world.OBJECT_HANDS})
 # word sequences of the world's phrases: instruction name (or "" for "talk to the camera") -> words
 INSTRUCTION_WORDS = {name: tuple(imperative.split()) for name, (imperative, _) in world.INSTRUCTIONS.items()}
 INSTRUCTION_WORDS[""] = tuple(world.short_prompt([]).split())
@@ -41,21 +45,30 @@ CONNECTOR_WORDS = {("and",), ("while", "holding")}
 OBJECT_WORDS = {name: ("a", name) for name in world.OBJECT_HANDS}
 
 
+def made_up_word(rng: np.random.Generator) -> str:
+    """Seven random letters: a word the world's tokenizer reads as [UNK]."""
+    return "".join(chr(ord("a") + letter) for letter in rng.integers(26, size=7))
+
+
 def add_noise_words(text: str, rng: np.random.Generator) -> str:
     """`text` with 1 to `NOISE_WORDS` fillers or made-up words inserted at random places."""
     words = text.split()
     for _ in range(rng.integers(1, NOISE_WORDS + 1)):
-        if rng.random() < 0.5:
-            noise = FILLER_WORDS[rng.integers(len(FILLER_WORDS))]
-        else:
-            noise = "".join(chr(ord("a") + letter) for letter in rng.integers(26, size=7))
+        noise = FILLER_WORDS[rng.integers(len(FILLER_WORDS))] if rng.random() < 0.5 else made_up_word(rng)
         words.insert(rng.integers(len(words) + 1), noise)
     return " ".join(words)
 
 
-def world_row(index: int, split: str = "train", seed: int = 0, noise: float = 0.0) -> dict:
+def drop_words(text: str, share: float, rng: np.random.Generator) -> str:
+    """`text` with each word not in `KEPT_WORDS` replaced by a made-up word ([UNK]) with probability `share`."""
+    return " ".join(
+        made_up_word(rng) if word not in KEPT_WORDS and rng.random() < share else word for word in text.split()
+    )
+
+
+def world_row(index: int, split: str = "train", seed: int = 0, noise: float = 0.0, unknown: float = 0.0) -> dict:
     """Row `index` of the enhancer data of `split`: identity, held objects, a user prompt (with noise words with
-    probability `noise`) and its target phrase.
+    probability `noise`, and each word but `KEPT_WORDS` made [UNK] with probability `unknown`) and its target phrase.
 
     Returns {"identity", "objects", "prompt", "instructions", "target"}; deterministic in (index, split, seed).
     """
@@ -67,22 +80,24 @@ def world_row(index: int, split: str = "train", seed: int = 0, noise: float = 0.
     if objects and rng.random() < OBJECT_PROMPT_PROBABILITY:
         instructions = [f"raise_{world.OBJECT_HANDS[objects[rng.integers(len(objects))]]}_hand"]
     prompt = sample_user_prompt(instructions, objects, split, rng)
+    text = add_noise_words(prompt.text, rng) if rng.random() < noise else prompt.text
     return {
         "identity": identity,
         "objects": objects,
-        "prompt": add_noise_words(prompt.text, rng) if rng.random() < noise else prompt.text,
+        "prompt": drop_words(text, unknown, rng) if unknown else text,
         "instructions": list(prompt.instructions),
         "target": target_prompt(prompt, objects),
     }
 
 
-def write_world_dataset(out_dir, num_rows: int, split: str = "train", seed: int = 0, noise: float = 0.0) -> str:
-    """Writes `num_rows` rows (64x64 reference PNGs + `metadata.jsonl` in the layout of
+def write_world_dataset(out_dir, num_rows: int, split: str = "train", seed: int = 0, noise: float = 0.0,
+                        unknown: float = 0.0) -> str:
+    """Writes `num_rows` rows (`world_row`) (64x64 reference PNGs + `metadata.jsonl` in the layout of
     `train_prompt_enhancer.py`, with the `instructions` and `objects` columns the reward reads). Returns the folder."""
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "metadata.jsonl"), "w", encoding="utf-8") as metadata:
         for index in range(num_rows):
-            row = world_row(index, split, seed, noise)
+            row = world_row(index, split, seed, noise, unknown)
             file_name = f"{index:05d}.png"
             world.render_reference_image(row["identity"], row["objects"], IMAGE_SIZE, IMAGE_SIZE).save(
                 os.path.join(out_dir, file_name)
