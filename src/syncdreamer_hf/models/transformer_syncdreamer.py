@@ -106,7 +106,6 @@ class SyncDreamerIdentityAttnProcessor:
         return (hidden_states, probs) if return_probs else hidden_states
 
 
-@maybe_allow_in_graph
 class SyncDreamerPositionEmbedding(nn.Module):
     """A learned embedding per position of the token grid (row, column), added to the patch embeddings of every frame.
 
@@ -131,6 +130,7 @@ class SyncDreamerPositionEmbedding(nn.Module):
         return hidden_states + embedding.to(hidden_states.dtype)
 
 
+@maybe_allow_in_graph
 class SyncDreamerTransformerBlock(nn.Module):
     """Wan block + visual cross-attention to identity tokens + frame-local audio cross-attention."""
 
