@@ -109,6 +109,32 @@ def test_mouth_weight_scales_exactly_the_mouth_tokens_share():
     assert mouth_share > 0
 
 
+def test_mirrored_hands_weigh_the_mask_and_its_left_right_flip():
+    generator = torch.Generator().manual_seed(2)
+    pred, target = torch.randn(1, 16, 1, 4, 4, generator=generator), torch.randn(1, 16, 1, 4, 4, generator=generator)
+    hands = token_masks({"hands": [1]})  # token (row 0, column 1): latent columns 2-3 of rows 0-1
+    both_sides = token_masks({"hands": [0, 1]})
+    weights = {"hands": 10.0, "mouth": 20.0}
+    mirrored = region_weighted_flow_matching_loss(pred, target, hands, REGIONS, weights, mirrored_regions=["hands"])
+    expected = region_weighted_flow_matching_loss(pred, target, both_sides, REGIONS, weights)
+    assert mirrored.item() == pytest.approx(expected.item())
+    unmirrored = region_weighted_flow_matching_loss(pred, target, hands, REGIONS, weights)
+    squared_error = (pred - target) ** 2
+    wrong_side_share = squared_error[:, :, 0, 0:2, 0:2].sum() / squared_error.numel()
+    assert (mirrored - unmirrored).item() == pytest.approx(9 * wrong_side_share.item(), rel=1e-5)
+
+
+def test_mirroring_leaves_the_regions_it_does_not_name_alone():
+    generator = torch.Generator().manual_seed(3)
+    pred, target = torch.randn(1, 16, 1, 4, 4, generator=generator), torch.randn(1, 16, 1, 4, 4, generator=generator)
+    masks = token_masks({"mouth": [2]})
+    weights = {"mouth": 20.0, "hands": 10.0}
+    plain = region_weighted_flow_matching_loss(pred, target, masks, REGIONS, weights)
+    assert region_weighted_flow_matching_loss(
+        pred, target, masks, REGIONS, weights, mirrored_regions=["hands"]
+    ).item() == pytest.approx(plain.item())
+
+
 def test_shifted_sigmas_follow_wan_and_lean_to_high_noise():
     u = torch.rand(1000, generator=torch.Generator().manual_seed(0))
     sigmas = sample_flow_sigmas(1000, shift=3.0, generator=torch.Generator().manual_seed(0))

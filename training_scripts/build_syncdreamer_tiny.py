@@ -95,6 +95,8 @@ def parse_args(argv=None):
     parser.add_argument("--head_dim", type=int, default=32)
     # training
     parser.add_argument("--region_weights", default="mouth=20,hands=10,eyes=5,jaw=5")
+    parser.add_argument("--mirror_region_weights", default="",
+                        help="regions whose weight also covers their left-right mirror (train_syncdreamer.py's flag)")
     parser.add_argument("--lambda_loc", type=float, default=0.4)
     parser.add_argument("--train_text_encoder", action="store_true",
                         help="train the tiny umT5 with the transformer (train_syncdreamer.py --train_text_encoder)")
@@ -158,7 +160,7 @@ def run(command: list[str], env_extra: dict | None = None) -> float:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "HF_HUB_OFFLINE": "1", **(env_extra or {})}
     start = time.time()
-    subprocess.run(command, check=True, env=env, cwd=REPO)
+    subprocess.run(command, check=True, env=env)  # relative paths stay the caller's
     return time.time() - start
 
 
@@ -402,7 +404,8 @@ def train_command(args, init_dir: Path, cache_dir: Path, run_dir: Path, max_step
     return [
         sys.executable, str(TRAIN_SCRIPT), "--stage", "2", "--pretrained_model_name_or_path", str(init_dir),
         "--cache_dir", str(cache_dir), "--output_dir", str(run_dir), "--region_weights", args.region_weights,
-        "--lambda_loc", str(args.lambda_loc), "--train_batch_size", str(args.train_batch_size),
+        "--mirror_region_weights", args.mirror_region_weights, "--lambda_loc", str(args.lambda_loc),
+        "--train_batch_size", str(args.train_batch_size),
         "--learning_rate", str(args.learning_rate), "--lr_scheduler", args.lr_scheduler,
         "--lr_warmup_steps", str(args.lr_warmup_steps), "--lr_schedule_steps", str(args.max_train_steps),
         "--motion_condition_prob", str(args.motion_condition_prob),
@@ -517,7 +520,8 @@ def write_output(args, run_dir: Path, output_dir: Path, state: dict) -> None:
         "Unigram model built with `tokenizers` from the words of the synthetic world's prompts and captions.",
         *([audio_note] if probe else []),
         f"- training: {state.get('train_steps', 0)} steps of batch {args.train_batch_size}, "
-        f"{walls.get('train', 0) / 60:.1f} min on 1 CPU thread; region weights `{args.region_weights}`, "
+        f"{walls.get('train', 0) / 60:.1f} min on 1 CPU thread; region weights `{args.region_weights}`"
+        f"{f' (mirrored: {args.mirror_region_weights})' if args.mirror_region_weights else ''}, "
         f"lambda_loc {args.lambda_loc}, learning rate {args.learning_rate}.",
         "- wall times (s, one thread on a shared 2-core machine): "
         + ", ".join(f"{name} {seconds:.0f}" for name, seconds in walls.items()),

@@ -93,6 +93,11 @@ def parse_args(argv=None):
     parser.add_argument(
         "--region_weights", default="", help='per-region loss weights, e.g. "mouth=20,eyes=2" (needs cached masks).'
     )
+    parser.add_argument(
+        "--mirror_region_weights", default="",
+        help='comma-separated regions (e.g. "hands") whose weight also covers the left-right mirror of their mask: '
+        "a hand drawn on the wrong side then costs as much as the right one, instead of weight 1.",
+    )
     parser.add_argument("--audio_dropout", type=float, default=0.1, help="stage 2: P(audio tokens are None).")
     parser.add_argument("--identity_dropout", type=float, default=0.1, help="P(identity tokens are None).")
     parser.add_argument("--text_dropout", type=float, default=0.1, help="P(caption -> empty prompt), per sample.")
@@ -155,6 +160,9 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
 
     args.region_weights = parse_region_weights(args.region_weights)
+    args.mirror_region_weights = [name for name in args.mirror_region_weights.split(",") if name]
+    if not set(args.mirror_region_weights) <= set(args.region_weights):
+        parser.error("--mirror_region_weights names regions that --region_weights does not weigh.")
     if args.validation_steps and not (args.validation_image and args.validation_audio):
         parser.error("--validation_steps needs --validation_image and --validation_audio.")
     for name in ("audio_dropout", "identity_dropout", "text_dropout", "motion_condition_prob", "motion_noise_max_sigma"):
@@ -239,7 +247,7 @@ def training_loss(
             identity_attention = [probs[:, sink_tokens:] for probs in identity_attention]
     region_masks = batch["region_masks"].to(device) if has_masks else None
     diffusion_loss = region_weighted_flow_matching_loss(
-        model_pred, target, region_masks, region_names, args.region_weights
+        model_pred, target, region_masks, region_names, args.region_weights, args.mirror_region_weights
     )
     loss = diffusion_loss
     logs = {"loss_diffusion": diffusion_loss.detach().item()}

@@ -53,6 +53,7 @@ def region_weight_map(
     region_names: Sequence[str],
     region_weights: dict[str, float],
     latent_shape: Sequence[int],
+    mirrored_regions: Sequence[str] = (),
 ) -> torch.Tensor:
     """Per-position loss weights at the latent grid from token-grid region masks.
 
@@ -61,6 +62,8 @@ def region_weight_map(
         region_names: the R region names, in the order of `region_masks`.
         region_weights: weight per region name, e.g. `{"mouth": 20.0}`; regions not named weigh 1.
         latent_shape: `(B, C, T, h, w)` of the latents; h, w are multiples of h_tok, w_tok (the patch size).
+        mirrored_regions: regions whose weight also covers the left-right mirror of their mask, so that drawing
+            the region on the wrong side of the frame costs as much as missing it on the right one.
 
     Returns:
         `(B, 1, T, h, w)` weights: the largest weight among the regions covering a position, 1 elsewhere.
@@ -70,6 +73,8 @@ def region_weight_map(
         weight = float(region_weights.get(name, 1.0))
         if weight != 1.0:
             inside = region_masks[:, index] > 0
+            if name in mirrored_regions:
+                inside = inside | inside.flip(-1)
             weights = torch.where(inside, torch.maximum(weights, torch.full_like(weights, weight)), weights)
     _, _, num_frames, height, width = latent_shape
     if weights.shape[1] != num_frames or height % weights.shape[2] or width % weights.shape[3]:
@@ -87,6 +92,7 @@ def region_weighted_flow_matching_loss(
     region_masks: torch.Tensor | None,
     region_names: Sequence[str],
     region_weights: dict[str, float] | None,
+    mirrored_regions: Sequence[str] = (),
 ) -> torch.Tensor:
     """Flow-matching MSE where the squared error of each latent position is multiplied by its region's weight.
 
@@ -99,10 +105,11 @@ def region_weighted_flow_matching_loss(
         region_masks (`(B, R, T, h_tok, w_tok)`, *optional*): token-grid masks; `None` gives the plain loss.
         region_names: names of the R masks.
         region_weights: e.g. `{"mouth": 20.0}`.
+        mirrored_regions: see `region_weight_map`.
     """
     if region_masks is None or not region_weights:
         return flow_matching_loss(model_pred, target)
-    weights = region_weight_map(region_masks, region_names, region_weights, model_pred.shape)
+    weights = region_weight_map(region_masks, region_names, region_weights, model_pred.shape, mirrored_regions)
     squared_error = (model_pred.float() - target.float()) ** 2
     return (squared_error * weights).mean()
 
