@@ -108,14 +108,14 @@ def test_identity_and_text_dropout(pipeline_dir, cache_dir):
 def test_mirrored_region_weights_raise_the_loss_and_must_be_weighted(pipeline_dir, cache_dir):
     base = ["--pretrained_model_name_or_path", str(pipeline_dir), "--cache_dir", str(cache_dir),
             "--region_weights", "mouth=20"]
-    args, module, dataset, batch = module_and_batch(pipeline_dir, cache_dir)
+    _, module, dataset, batch = module_and_batch(pipeline_dir, cache_dir)
     losses = {}
     for mirrored in ("", "mouth"):
         args = train.parse_args([*base, "--mirror_region_weights", mirrored])
         assert args.mirror_region_weights == ([mirrored] if mirrored else [])
         _, logs = loss_of(module, batch, args, dataset, 0)
         losses[mirrored] = logs["loss_diffusion"]
-    assert losses["mouth"] > losses[""]  # the mouth's mirror (a hair token) now weighs 20
+    assert losses["mouth"] > losses[""]  # the mouth's mirror (a jaw token, unweighted here) now weighs 20
     with pytest.raises(SystemExit):
         train.parse_args([*base, "--mirror_region_weights", "hands"])
 
