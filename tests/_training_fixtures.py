@@ -12,6 +12,7 @@ from syncdreamer_hf.data.latent_cache import (
     EMPTY_PROMPT_FILE,
     WINDOWS_DIR,
     atomic_save_tensors,
+    window_file_name,
 )
 
 # 9 frames of 32x32 at 25 fps -> latents (16, 3, 4, 4), token grid (3, 2, 2); tiny.py widths.
@@ -61,5 +62,5 @@ def write_random_cache(
             masks[REGION_NAMES.index("hair"), :, 0, 1] = 1
             masks[REGION_NAMES.index("jaw"), :, 1] = 1
             tensors["region_masks"] = masks
-        atomic_save_tensors(tensors, cache_dir / WINDOWS_DIR / f"clip_{index:05d}_w000.safetensors", {"caption": f"clip {index}"})
+        atomic_save_tensors(tensors, cache_dir / WINDOWS_DIR / window_file_name(f"clip_{index:05d}", 0), {"caption": f"clip {index}"})
     return cache_dir

@@ -1,6 +1,7 @@
 """training_scripts/train_syncdreamer.py on tiny components: overfitting, modality dropout, resume after a kill,
 atomic checkpoints, two-process DDP, LoRA weights that load into SyncDreamerPipeline, and `--train_text_encoder`."""
 
+import functools
 import re
 import signal
 from pathlib import Path
@@ -14,9 +15,10 @@ from transformers import UMT5EncoderModel
 from _training_fixtures import FPS, save_tiny_pipeline, write_random_cache
 from _training_runs import SCRIPT, accelerate_launch, run_in_process, run_killed, train
 from _training_runs import train_argv as base_argv
-from syncdreamer_hf.data.latent_cache import CachedWindowDataset, collate_windows
+from syncdreamer_hf.data.latent_cache import WINDOWS_DIR, CachedWindowDataset, collate_windows, window_file_name
+from syncdreamer_hf.data.synthetic import TWIN_SUFFIX
 from syncdreamer_hf.pipeline_syncdreamer import SyncDreamerPipeline
-from syncdreamer_hf.training import SyncDreamerTrainingModule, list_checkpoints
+from syncdreamer_hf.training import PairedShuffleSampler, SyncDreamerTrainingModule, list_checkpoints
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +120,80 @@ def test_mirrored_region_weights_raise_the_loss_and_must_be_weighted(pipeline_di
     assert losses["mouth"] > losses[""]  # the mouth's mirror (a jaw token, unweighted here) now weighs 20
     with pytest.raises(SystemExit):
         train.parse_args([*base, "--mirror_region_weights", "hands"])
+
+
+@pytest.fixture(scope="module")
+def twin_cache_dir(tmp_path_factory):
+    """The random cache with clips 1 and 3 renamed as the side twins of clips 0 and 2."""
+    cache = write_random_cache(tmp_path_factory.mktemp("twins"), num_windows=4)
+    for original, twin in ((0, 1), (2, 3)):
+        window = cache / WINDOWS_DIR / window_file_name(f"clip_{twin:05d}", 0)
+        window.rename(cache / WINDOWS_DIR / window_file_name(f"clip_{original:05d}{TWIN_SUFFIX}", 0))
+    return cache
+
+
+def test_paired_sampler_keeps_pairs_together_at_even_positions():
+    pairs = [(7, 2), (0, 9), (4, 5)]
+    sampler = PairedShuffleSampler(11, pairs, seed=3)
+    orders = []
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        assert sorted(order) == list(range(11)) and order == list(sampler)  # a permutation, fixed by (seed, epoch)
+        assert {(order[k], order[k + 1]) for k in range(0, 10, 2)} >= set(pairs)
+        orders.append(order)
+    assert orders[0] != orders[1]
+    with pytest.raises(ValueError, match="disjoint"):
+        PairedShuffleSampler(11, [(1, 2), (2, 3)], seed=0)
+
+
+def test_twin_windows_are_found_by_name(twin_cache_dir):
+    dataset = CachedWindowDataset(twin_cache_dir)
+    pairs = dataset.twin_pairs(TWIN_SUFFIX)
+    names = [(dataset[i]["window"], dataset[j]["window"]) for i, j in pairs]
+    assert names == [("clip_00000_w000", "clip_00000_twin_w000"), ("clip_00002_w000", "clip_00002_twin_w000")]
+    assert dataset.twin_pairs("_other") == []
+    windows = [name for pair in names for name in pair]
+    assert train.twin_positions(windows, TWIN_SUFFIX) == ([0, 2], [1, 3])
+    assert train.twin_positions(windows[1:] + windows[:1], TWIN_SUFFIX) == ([], [])  # a pair must start evenly
+
+
+def test_twin_difference_loss_shares_the_noise_of_a_pair(pipeline_dir, twin_cache_dir):
+    """A window paired with an exact copy of itself: one noise for both, so the two predictions and the two targets
+    are equal and the difference loss is 0 (independent noise would give it > 0); a real pair gives a positive one
+    that joins the loss with its weight."""
+    args, module, dataset, _ = module_and_batch(
+        pipeline_dir, twin_cache_dir, twin_difference_weight=2.0, text_dropout=0.0, identity_dropout=0.0,
+        audio_dropout=0.0,
+    )
+    pairs = dataset.twin_pairs(TWIN_SUFFIX)
+    collate = functools.partial(
+        collate_windows, max_sequence_length=dataset.info["max_sequence_length"], num_regions=len(dataset.region_names)
+    )
+    original, twin = dataset[pairs[0][0]], dataset[pairs[0][1]]
+    copy = {**original, "window": twin["window"]}
+    with torch.no_grad():
+        loss, logs = loss_of(module, collate([original, copy]), args, dataset, 0)
+        assert logs["loss_twin"] == pytest.approx(0.0, abs=1e-12) and loss.item() == pytest.approx(logs["loss"])
+        loss, logs = loss_of(module, collate([original, twin]), args, dataset, 0)
+        assert logs["loss_twin"] > 0
+        assert logs["loss"] == pytest.approx(logs["loss_diffusion"] + 2.0 * logs["loss_twin"] + 0.4 * logs["loss_localization"], rel=1e-5)
+        _, logs = loss_of(module, collate([twin, original]), args, dataset, 0)  # not in the sampler's order: no pair
+        assert "loss_twin" not in logs
+
+
+def test_twin_difference_weight_runs_and_needs_an_even_batch(pipeline_dir, twin_cache_dir, tmp_path):
+    base = ["--pretrained_model_name_or_path", str(pipeline_dir), "--cache_dir", str(twin_cache_dir)]
+    with pytest.raises(SystemExit):
+        train.parse_args([*base, "--twin_difference_weight", "1", "--train_batch_size", "3"])
+    with pytest.raises(SystemExit):
+        train.parse_args([*base, "--twin_difference_weight", "-1"])
+    run_in_process(base_argv(pipeline_dir, twin_cache_dir, tmp_path / "run", 2, "--twin_difference_weight", "1",
+                             "--train_batch_size", "2"))
+    assert (tmp_path / "run" / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
+    with pytest.raises(ValueError, match="no window"):
+        run_in_process(base_argv(pipeline_dir, twin_cache_dir, tmp_path / "none", 2, "--twin_difference_weight", "1",
+                                 "--train_batch_size", "2", "--twin_suffix", "_other"))
 
 
 def trained_weights(output_dir):

@@ -97,6 +97,8 @@ def parse_args(argv=None):
     parser.add_argument("--region_weights", default="mouth=20,hands=10,eyes=5,jaw=5")
     parser.add_argument("--mirror_region_weights", default="",
                         help="regions whose weight also covers their left-right mirror (train_syncdreamer.py's flag)")
+    parser.add_argument("--twin_difference_weight", type=float, default=0.0,
+                        help="weight of the side twins' difference loss (train_syncdreamer.py's flag; needs --side_twins)")
     parser.add_argument("--lambda_loc", type=float, default=0.4)
     parser.add_argument("--train_text_encoder", action="store_true",
                         help="train the tiny umT5 with the transformer (train_syncdreamer.py --train_text_encoder)")
@@ -405,6 +407,7 @@ def train_command(args, init_dir: Path, cache_dir: Path, run_dir: Path, max_step
         sys.executable, str(TRAIN_SCRIPT), "--stage", "2", "--pretrained_model_name_or_path", str(init_dir),
         "--cache_dir", str(cache_dir), "--output_dir", str(run_dir), "--region_weights", args.region_weights,
         "--mirror_region_weights", args.mirror_region_weights, "--lambda_loc", str(args.lambda_loc),
+        "--twin_difference_weight", str(args.twin_difference_weight),
         "--train_batch_size", str(args.train_batch_size),
         "--learning_rate", str(args.learning_rate), "--lr_scheduler", args.lr_scheduler,
         "--lr_warmup_steps", str(args.lr_warmup_steps), "--lr_schedule_steps", str(args.max_train_steps),
@@ -430,7 +433,7 @@ def write_learning_curve(run_dir: Path, path: Path) -> list[dict]:
             for event in accumulator.Scalars(tag):
                 rows.setdefault(event.step, {"step": event.step, "wall_time": event.wall_time})[tag] = event.value
     rows = [rows[step] for step in sorted(rows)]
-    columns = ["step", "wall_time", "loss", "loss_diffusion", "loss_localization", "lr"]
+    columns = ["step", "wall_time", "loss", "loss_diffusion", "loss_localization", "loss_twin", "lr"]
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
@@ -522,6 +525,7 @@ def write_output(args, run_dir: Path, output_dir: Path, state: dict) -> None:
         f"- training: {state.get('train_steps', 0)} steps of batch {args.train_batch_size}, "
         f"{walls.get('train', 0) / 60:.1f} min on 1 CPU thread; region weights `{args.region_weights}`"
         f"{f' (mirrored: {args.mirror_region_weights})' if args.mirror_region_weights else ''}, "
+        f"{f'twin difference weight {args.twin_difference_weight}, ' if args.twin_difference_weight else ''}"
         f"lambda_loc {args.lambda_loc}, learning rate {args.learning_rate}.",
         "- wall times (s, one thread on a shared 2-core machine): "
         + ", ".join(f"{name} {seconds:.0f}" for name, seconds in walls.items()),

@@ -41,7 +41,8 @@ from diffusers.training_utils import cast_training_params
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from syncdreamer_hf.data.latent_cache import CachedWindowDataset, collate_windows, pad_tokens
+from syncdreamer_hf.data.latent_cache import CachedWindowDataset, collate_windows, pad_tokens, twin_original
+from syncdreamer_hf.data.synthetic import TWIN_SUFFIX
 from syncdreamer_hf.losses import (
     LAMBDA_LOC,
     add_flow_noise,
@@ -54,6 +55,7 @@ from syncdreamer_hf.pipeline_syncdreamer import SyncDreamerPipeline
 from syncdreamer_hf.training import (
     EVERY_RANK,
     EpochShuffleSampler,
+    PairedShuffleSampler,
     SyncDreamerTrainingModule,
     checkpoint_step,
     list_checkpoints,
@@ -98,6 +100,14 @@ def parse_args(argv=None):
         help='comma-separated regions (e.g. "hands") whose weight also covers the left-right mirror of their mask: '
         "a hand drawn on the wrong side then costs as much as the right one, instead of weight 1.",
     )
+    parser.add_argument(
+        "--twin_difference_weight", type=float, default=0.0,
+        help="> 0: batches hold each window next to its twin's (a clip named <clip>--twin_suffix, e.g. the synthetic "
+        "world's side twins), both noised alike, and this weight times the region-weighted MSE of the pair's "
+        "difference (prediction a - b against target a - b) joins the loss: what tells the two apart, their text, "
+        "weighs more. Needs an even --train_batch_size.",
+    )
+    parser.add_argument("--twin_suffix", default=TWIN_SUFFIX, help="how a twin clip's name ends.")
     parser.add_argument("--audio_dropout", type=float, default=0.1, help="stage 2: P(audio tokens are None).")
     parser.add_argument("--identity_dropout", type=float, default=0.1, help="P(identity tokens are None).")
     parser.add_argument("--text_dropout", type=float, default=0.1, help="P(caption -> empty prompt), per sample.")
@@ -165,10 +175,24 @@ def parse_args(argv=None):
         parser.error("--mirror_region_weights names regions that --region_weights does not weigh.")
     if args.validation_steps and not (args.validation_image and args.validation_audio):
         parser.error("--validation_steps needs --validation_image and --validation_audio.")
+    if args.twin_difference_weight < 0 or (args.twin_difference_weight and args.train_batch_size % 2):
+        parser.error("--twin_difference_weight must be >= 0 and needs an even --train_batch_size.")
+    if not args.twin_suffix:
+        parser.error("--twin_suffix must not be empty.")
     for name in ("audio_dropout", "identity_dropout", "text_dropout", "motion_condition_prob", "motion_noise_max_sigma"):
         if not 0 <= getattr(args, name) <= 1:
             parser.error(f"--{name} must lie in [0, 1].")
     return args
+
+
+def twin_positions(windows: list[str], twin_suffix: str) -> tuple[list[int], list[int]]:
+    """Positions `(a, b)` of a batch's twin pairs: window b is the twin of window a and follows it at an even
+    position (`PairedShuffleSampler`'s order)."""
+    first = [
+        k for k in range(0, len(windows) - 1, 2)
+        if windows[k + 1] != windows[k] and twin_original(windows[k + 1], twin_suffix) == windows[k]
+    ]
+    return first, [k + 1 for k in first]
 
 
 def training_loss(
@@ -183,7 +207,9 @@ def training_loss(
     Audio / identity dropout removes the modality for the whole micro-batch (the branch receives `None`, exactly as
     the pipeline's unconditional passes); text dropout swaps single captions for the empty prompt (with
     `--train_text_encoder`, `tokenizer` tokenizes the captions for the module's text encoder). With `--reference_sink` the clip's reference latent is prepended to the window as a known frame (as the
-    pipeline's `reference_sink` does); the loss leaves that frame out.
+    pipeline's `reference_sink` does); the loss leaves that frame out. With `--twin_difference_weight` the twin
+    pairs of the batch (`twin_positions`) share their noise, noise level and dropout decisions, and the weighted
+    MSE of their difference joins the loss.
     """
     latents = batch["latents"].to(device)  # (B, 16, T, h, w)
     batch_size, _, num_latent_frames = latents.shape[:3]
@@ -197,6 +223,8 @@ def training_loss(
 
     noise = torch.randn(latents.shape, generator=generator).to(device)
     sigmas = sample_flow_sigmas(batch_size, args.timestep_shift, generator=generator).to(device)
+    first, second = twin_positions(batch["windows"], args.twin_suffix) if args.twin_difference_weight else ([], [])
+    noise[second], sigmas[second] = noise[first], sigmas[first]  # a pair differs in its clean latents only
     noisy_latents = add_flow_noise(latents, noise, sigmas)
     target = flow_matching_target(latents, noise)
 
@@ -207,6 +235,7 @@ def training_loss(
     if num_known > 1 and args.motion_noise_max_sigma > 0:  # motion latents, as the pipeline carries them
         motion_sigmas = torch.rand(batch_size, generator=generator).to(device) * args.motion_noise_max_sigma
         motion_noise = torch.randn(known_latents.shape, generator=generator).to(device)
+        motion_sigmas[second], motion_noise[second] = motion_sigmas[first], motion_noise[first]
         known_latents = add_flow_noise(known_latents, motion_noise, motion_sigmas)
     if num_sink_frames:
         known_latents = SyncDreamerPipeline.add_reference_sink(latents[:, :, :num_sink_frames], known_latents)
@@ -215,6 +244,7 @@ def training_loss(
 
     prompt_embeds = batch["prompt_embeds"].to(device)
     drop_text = torch.rand(batch_size, generator=generator) < args.text_dropout
+    drop_text[second] = drop_text[first]
     prompt_tokens = None
     if args.train_text_encoder:
         captions = ["" if drop else caption for caption, drop in zip(batch["captions"], drop_text.tolist())]
@@ -251,6 +281,14 @@ def training_loss(
     )
     loss = diffusion_loss
     logs = {"loss_diffusion": diffusion_loss.detach().item()}
+    if first:  # what tells a pair apart: the difference of the predictions against the difference of the targets
+        pair_masks = torch.maximum(region_masks[first], region_masks[second]) if region_masks is not None else None
+        twin_loss = region_weighted_flow_matching_loss(
+            model_pred[first] - model_pred[second], target[first] - target[second], pair_masks, region_names,
+            args.region_weights, args.mirror_region_weights,
+        )
+        loss = loss + args.twin_difference_weight * twin_loss
+        logs["loss_twin"] = twin_loss.detach().item()
     if want_localization:
         localization_loss = attention_localization_loss(
             identity_attention, region_masks, region_names, query_regions, batch["has_masks"].to(device)
@@ -370,7 +408,14 @@ def main(argv=None):
     region_names = dataset.region_names
     if args.region_weights and not set(args.region_weights) <= set(region_names):
         raise ValueError(f"--region_weights names {sorted(args.region_weights)}; the cache has masks {list(region_names)}.")
-    sampler = EpochShuffleSampler(len(dataset), args.seed)
+    if args.twin_difference_weight:
+        twin_pairs = dataset.twin_pairs(args.twin_suffix)
+        if not twin_pairs:
+            raise ValueError(f"--twin_difference_weight: no window of the cache belongs to a clip named *{args.twin_suffix}.")
+        logger.info(f"{len(twin_pairs)} twin pairs of windows")
+        sampler = PairedShuffleSampler(len(dataset), twin_pairs, args.seed)
+    else:
+        sampler = EpochShuffleSampler(len(dataset), args.seed)
     train_dataloader = DataLoader(
         dataset,
         batch_size=args.train_batch_size,

@@ -41,6 +41,18 @@ EMPTY_PROMPT_FILE = "empty_prompt.safetensors"
 WINDOWS_DIR = "windows"
 DONE_DIR = "done"
 CACHE_FORMAT_VERSION = 1
+WINDOW_SEPARATOR = "_w"
+
+
+def window_file_name(clip_stem: str, window_index: int) -> str:
+    """`clip_00000`, 0 -> `clip_00000_w000.safetensors`."""
+    return f"{clip_stem}{WINDOW_SEPARATOR}{window_index:03d}.safetensors"
+
+
+def twin_original(window: str, twin_suffix: str) -> str:
+    """The window a twin's window mirrors: `clip_00000_twin_w003` -> `clip_00000_w003` (unchanged if not a twin)."""
+    clip, _, index = window.rpartition(WINDOW_SEPARATOR)
+    return f"{clip.removesuffix(twin_suffix)}{WINDOW_SEPARATOR}{index}"
 
 
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
@@ -83,6 +95,17 @@ class CachedWindowDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
+    def twin_pairs(self, twin_suffix: str) -> list[tuple[int, int]]:
+        """`(i, j)` for every window j of a clip named `<clip><twin_suffix>` whose clip `<clip>` has the same window
+        i (the synthetic world's side twins: `write_clip_dataset(side_twins=True)`)."""
+        index = {path.stem: i for i, path in enumerate(self.files)}
+        pairs = []
+        for j, path in enumerate(self.files):
+            i = index.get(twin_original(path.stem, twin_suffix))
+            if i is not None and i != j:
+                pairs.append((i, j))
+        return pairs
+
     def __getitem__(self, index: int) -> dict:
         from safetensors import safe_open
 
@@ -91,6 +114,7 @@ class CachedWindowDataset(Dataset):
             metadata = handle.metadata() or {}
         sample["caption"] = metadata.get("caption", "")
         sample["has_masks"] = "region_masks" in sample
+        sample["window"] = self.files[index].stem
         return sample
 
 
@@ -108,7 +132,8 @@ def collate_windows(samples: list[dict], max_sequence_length: int, num_regions: 
         `latents (B, 16, T, h, w)`, `reference_latents (B, 16, 1, h, w)` (`None` unless every window has them),
         `prompt_embeds (B, max_sequence_length, text_dim)`, `image_embeds
         (B, N_img, D_img)`, `audio_hidden_states (B, L, N_a, D)`, `region_masks (B, R, T, h_tok, w_tok)` (zeros for
-        windows without masks), `has_masks (B,)` float, `captions` list of str.
+        windows without masks), `has_masks (B,)` float, `captions` and `windows` (the window files' stems) lists
+        of str.
     """
     latents = torch.stack([sample["latents"] for sample in samples]).float()
     batch = {
@@ -118,6 +143,7 @@ def collate_windows(samples: list[dict], max_sequence_length: int, num_regions: 
         "audio_hidden_states": torch.stack([sample["audio_hidden_states"] for sample in samples]).float(),
         "has_masks": torch.tensor([float(sample["has_masks"]) for sample in samples]),
         "captions": [sample["caption"] for sample in samples],
+        "windows": [sample.get("window", "") for sample in samples],
         "reference_latents": (
             torch.stack([sample["reference_latents"] for sample in samples]).float()
             if all("reference_latents" in sample for sample in samples)

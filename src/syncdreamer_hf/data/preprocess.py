@@ -33,6 +33,7 @@ from .latent_cache import (
     WINDOWS_DIR,
     atomic_save_json,
     atomic_save_tensors,
+    window_file_name,
 )
 
 logger = logging.getLogger(__name__)
@@ -225,7 +226,7 @@ def process_clip(pipe, record: dict, settings: dict, output_dir: Path) -> list[s
         }
         if region_masks is not None:
             tensors["region_masks"] = masks_to_token_grid(region_masks[:, start : start + num_frames], token_grid, stride)
-        name = f"{stem}_w{window_index:03d}.safetensors"
+        name = window_file_name(stem, window_index)
         metadata = {"caption": caption, "file_name": record["file_name"], "first_frame": str(int(start))}
         tensors = {key: value if key == "region_masks" else value.float() for key, value in tensors.items()}
         atomic_save_tensors(tensors, output_dir / WINDOWS_DIR / name, metadata)

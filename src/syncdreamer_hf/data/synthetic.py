@@ -34,6 +34,7 @@ from ..regions import REGION_NAMES
 
 SAMPLE_RATE = 16000
 SPLITS = ("train", "heldout")
+TWIN_SUFFIX = "_twin"  # a side twin's clip name: the clip's name + this
 MOTION_KEYS = ("mouth", "brow", "yaw", "pitch", "gaze_x", "gaze_y", "raise_left", "raise_right", "wave_left",
                "wave_right")
 HELDOUT_IDENTITY_BUCKETS = 8
@@ -638,7 +639,8 @@ def write_clip_dataset(out_dir, n_clips: int, seconds: float = 4.0, fps: float =
     bool array per region) and one `metadata.jsonl` line per clip, all under `out_dir`.
 
     `audio_paths`: optional real recordings, used in turn (cut to `seconds`) instead of synthetic speech.
-    `side_twins`: after each clip whose instructions name a side, also write its twin `clip_00000_twin`: the same
+    `side_twins`: after each clip whose instructions name a side, also write its twin `clip_00000_twin` (the name
+    ends in `TWIN_SUFFIX`, which the training script's `--twin_difference_weight` pairs by): the same
     identity, audio, objects and timing with left and right exchanged (`mirrored_instructions`), a pair that differs
     only in the side the text names. Returns `out_dir` as a Path.
     """
@@ -675,5 +677,5 @@ def write_clip_dataset(out_dir, n_clips: int, seconds: float = 4.0, fps: float =
             mirrored = mirrored_instructions(clip.instructions)
             if side_twins and mirrored != clip.instructions:
                 write(render_clip(clip.identity, clip.audio, mirrored, clip.objects, fps, None, height, width,
-                                  this_seed), f"clip_{index:05d}_twin")
+                                  this_seed), f"clip_{index:05d}{TWIN_SUFFIX}")
     return out_dir

@@ -12,11 +12,12 @@ from .checkpointing import (
     trainable_checksum,
 )
 from .module import SyncDreamerTrainingModule
-from .sampler import EVERY_RANK, EpochShuffleSampler, step_generator
+from .sampler import EVERY_RANK, EpochShuffleSampler, PairedShuffleSampler, step_generator
 
 __all__ = [
     "EVERY_RANK",
     "EpochShuffleSampler",
+    "PairedShuffleSampler",
     "SyncDreamerTrainingModule",
     "checkpoint_step",
     "list_checkpoints",

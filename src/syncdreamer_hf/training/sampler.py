@@ -22,6 +22,31 @@ class EpochShuffleSampler(Sampler):
         return iter(torch.randperm(self.num_samples, generator=generator).tolist())
 
 
+class PairedShuffleSampler(EpochShuffleSampler):
+    """`EpochShuffleSampler` that keeps each pair `(i, j)` next to each other, i first, at an even position of the
+    order (the other samples fill the even slots two by two), so a batch of even size holds whole pairs.
+
+    Its order is still a function of (seed, epoch) alone."""
+
+    def __init__(self, num_samples: int, pairs: list[tuple[int, int]], seed: int):
+        super().__init__(num_samples, seed)
+        paired = [index for pair in pairs for index in pair]
+        if len(set(paired)) != len(paired) or not all(0 <= index < num_samples for index in paired):
+            raise ValueError("the pairs must be disjoint and index the samples.")
+        self.pairs = [tuple(pair) for pair in pairs]
+        self.unpaired = sorted(set(range(num_samples)) - set(paired))
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        unpaired = [self.unpaired[k] for k in torch.randperm(len(self.unpaired), generator=generator).tolist()]
+        units = self.pairs + [tuple(unpaired[k : k + 2]) for k in range(0, len(unpaired), 2)]
+        order = torch.randperm(len(units), generator=generator).tolist()
+        if len(units[-1]) == 1:  # the odd sample out goes last, so that every pair stays at an even position
+            order.remove(len(units) - 1)
+            order.append(len(units) - 1)
+        return iter([index for unit in order for index in units[unit]])
+
+
 # `step_generator`'s process index for the random decisions every rank must share
 EVERY_RANK = -1
 
