@@ -138,16 +138,20 @@ def test_ablation_seeds_and_the_no_sink_row(built, tmp_path):
 
 
 def test_schedule_and_guidance_settings_reach_the_commands_and_the_config(built, tmp_path):
-    """A chunk's training command schedules the learning rate over the whole build; `--guidance_end` goes into the
-    shipped config and every evaluation."""
+    """A chunk's training command schedules the learning rate over the whole build; `--guidance_end` and
+    `--mirrored_negative_prompt` go into the shipped config and every evaluation."""
     root, argv, _ = built
     args = build.parse_args([*argv, "--lr_scheduler", "cosine", "--max_train_steps", "40", "--guidance_end", "0.5"])
     command = " ".join(build.train_command(args, root / "work" / "init_pipeline", tmp_path, tmp_path / "run", 20))
     assert "--lr_scheduler cosine" in command and "--lr_schedule_steps 40" in command
     assert "--max_train_steps 20" in command  # this chunk ends at step 20
     evaluate = " ".join(build.evaluate_command(tmp_path, tmp_path / "eval.json", 1, 1.0, 2, args))
-    assert "--guidance-end 0.5" in evaluate
+    assert "--guidance-end 0.5" in evaluate and evaluate.endswith("--no-mirrored-negative-prompt")
     assert build.sampling_defaults(args)["default_guidance_end"] == 0.5
+    assert build.sampling_defaults(args)["default_mirrored_negative_prompt"] is False
+    mirrored = build.parse_args([*argv, "--mirrored_negative_prompt"])
+    assert build.sampling_defaults(mirrored)["default_mirrored_negative_prompt"] is True
+    assert build.evaluate_command(tmp_path, tmp_path / "eval.json", 1, 1.0, 2, mirrored)[-1] == "--mirrored-negative-prompt"
 
 
 def test_warm_start_adds_a_zero_position_embedding(built, tmp_path):

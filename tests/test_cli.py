@@ -48,6 +48,8 @@ def run(capsys, *args) -> tuple[int, str]:
         (["--image", IMAGE, "--audio", AUDIO, "--output", "o.mp4", "--model", "no/such-dir/x"], "not found"),
         (["--image", IMAGE, "--audio", AUDIO, "--output", "o.mp4", "--device", "gpu9"], "--device"),
         (["--image", IMAGE, "--audio", AUDIO, "--output", "o.avi"], "mp4"),
+        (["--image", IMAGE, "--audio", AUDIO, "--output", "o.mp4", "--negative-prompt", "nod",
+          "--mirrored-negative-prompt"], "mirrored_negative_prompt"),
     ],
 )
 def test_bad_input_is_one_line_on_stderr_and_exit_2(capsys, tmp_path, monkeypatch, args, message):

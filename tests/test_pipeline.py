@@ -1,6 +1,8 @@
 """SyncDreamerPipeline end to end on tiny random components: frame counts, windows, guidance, determinism,
 save/load, LoRA, offloading, output types, and the bad-input table."""
 
+import json
+
 import av
 import numpy as np
 import PIL.Image
@@ -9,7 +11,7 @@ import torch
 from diffusers import FirstBlockCacheConfig
 
 from syncdreamer_hf.media import save_video
-from syncdreamer_hf.pipeline_syncdreamer import SyncDreamerPipeline
+from syncdreamer_hf.pipeline_syncdreamer import SyncDreamerPipeline, mirrored_prompt
 from syncdreamer_hf.tiny import TINY_PIPELINE_CONFIG, build_tiny_components
 
 SAMPLE_RATE = 16000
@@ -344,3 +346,40 @@ def test_sampling_defaults_come_from_the_config(pipe):
     explicit = generate(pipe, num_inference_steps=3, guidance_scale=1.5, audio_guidance_scale=2.0, guidance_end=0.5).frames
     np.testing.assert_array_equal(implicit, explicit)
     assert not np.array_equal(explicit, generate(pipe, num_inference_steps=3).frames)  # 5.0 / 4.0 differ
+
+
+def test_mirrored_prompt_exchanges_the_side_words_and_keeps_their_case():
+    assert mirrored_prompt("raise the right hand") == "raise the left hand"
+    assert mirrored_prompt("Left hand up, head to the RIGHT, left again") == "Right hand up, head to the LEFT, right again"
+    assert mirrored_prompt("bright leftovers, rightly") == "bright leftovers, rightly"  # whole words only
+
+
+def test_mirrored_negative_prompt_guides_away_from_the_other_side(pipe, tmp_path):
+    """`mirrored_negative_prompt=True` is the same call with the mirrored prompt as the negative one, for the
+    prompts that name a side; a prompt without one keeps the empty negative. The config default is saved and
+    loaded, and a folder saved before the option loads with it off."""
+    prompts = ["wave with the left hand", "nod"]
+    mirrored = generate(pipe, prompt=prompts, mirrored_negative_prompt=True).frames
+    explicit = generate(pipe, prompt=prompts, negative_prompt=["wave with the right hand", ""]).frames
+    plain = generate(pipe, prompt=prompts).frames
+    np.testing.assert_array_equal(mirrored, explicit)
+    assert np.abs(mirrored[0] - plain[0]).max() > 1e-3
+    np.testing.assert_allclose(mirrored[1], plain[1], atol=1e-6)
+
+    SyncDreamerPipeline(**pipe.components, **TINY_PIPELINE_CONFIG, default_mirrored_negative_prompt=True).save_pretrained(
+        tmp_path / "mirrored"
+    )
+    loaded = SyncDreamerPipeline.from_pretrained(tmp_path / "mirrored")
+    loaded.set_progress_bar_config(disable=True)
+    np.testing.assert_array_equal(generate(loaded, prompt=prompts).frames, mirrored)
+    np.testing.assert_array_equal(generate(loaded, prompt=prompts, mirrored_negative_prompt=False).frames, plain)
+    np.testing.assert_array_equal(generate(loaded, prompt=prompts, negative_prompt=["", ""]).frames, plain)
+
+    index = tmp_path / "mirrored" / "model_index.json"
+    config = json.loads(index.read_text())
+    del config["default_mirrored_negative_prompt"]
+    index.write_text(json.dumps(config))
+    older = SyncDreamerPipeline.from_pretrained(tmp_path / "mirrored")
+    assert older.config.default_mirrored_negative_prompt is False
+    with pytest.raises(ValueError, match="mirrored_negative_prompt"):
+        generate(pipe, prompt=prompts, negative_prompt=["", ""], mirrored_negative_prompt=True)

@@ -132,6 +132,8 @@ def parse_args(argv=None):
     parser.add_argument("--audio_guidance_scale", type=float, default=2.5)
     parser.add_argument("--guidance_end", type=float, default=1.0,
                         help="fraction of each window's steps, from the noisiest, with text guidance")
+    parser.add_argument("--mirrored_negative_prompt", action="store_true",
+                        help="guide prompts that name a side away from their mirror (left <-> right)")
     parser.add_argument("--final_eval_clips", type=int, default=8, help="clips of the final benchmark (0: off)")
     # what to skip
     parser.add_argument("--skip_train", action="store_true", help="stop after the latent cache")
@@ -279,7 +281,8 @@ def sampling_defaults(args) -> dict:
             "default_num_inference_steps": args.num_inference_steps, "default_guidance_scale": args.guidance_scale,
             "default_audio_guidance_scale": args.audio_guidance_scale, "default_guidance_end": args.guidance_end,
             "default_max_sequence_length": MAX_SEQUENCE_LENGTH, "reference_sink": args.reference_sink,
-            "motion_latent_noise": args.motion_latent_noise}
+            "motion_latent_noise": args.motion_latent_noise,
+            "default_mirrored_negative_prompt": args.mirrored_negative_prompt}
 
 
 def position_embedding_grid(args, vae_config) -> list[int] | None:
@@ -453,7 +456,8 @@ def evaluate_command(model_dir: Path, output: Path, clips: int, seconds: float, 
     command = [*SYNCDREAMER, "evaluate", "synthetic", "--model", str(model_dir), "--clips", str(clips),
                "--seconds", str(seconds), "--size", str(args.size), "--num-inference-steps", str(steps),
                "--guidance-scale", str(args.guidance_scale), "--audio-guidance-scale", str(args.audio_guidance_scale),
-               "--guidance-end", str(args.guidance_end), "--output", str(output)]
+               "--guidance-end", str(args.guidance_end), "--output", str(output),
+               "--mirrored-negative-prompt" if args.mirrored_negative_prompt else "--no-mirrored-negative-prompt"]
     return command + (["--prompt", prompt] if prompt is not None else []) + ([] if swapped_audio else ["--no-swapped-audio"])
 
 

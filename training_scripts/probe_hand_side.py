@@ -5,7 +5,8 @@ For the first `--identities` identities of the train and the held-out split (the
 benchmark draw first), each prompted with "raise the right hand", "raise the left hand", "wave with the right hand"
 and "turn the head to the left" (2 s of the identity's own synthetic speech, seed 0), the generated video is
 measured with `evaluation.synthetic` (highest hand of each side, 1 = raised to head level; the detected motions).
-`--mirrored_negative` uses the mirrored instruction ("raise the left hand") as the negative prompt of text guidance.
+`--mirrored_negative` uses the mirrored instruction ("raise the left hand") as the negative prompt of text guidance
+(the pipeline's `mirrored_negative_prompt=True`; without it, the pipeline config's default).
 
     OMP_NUM_THREADS=1 python training_scripts/probe_hand_side.py --model pipelines/syncdreamer-tiny
     OMP_NUM_THREADS=1 python training_scripts/probe_hand_side.py --model pipelines/syncdreamer-tiny --guidance_scale 1
@@ -31,7 +32,8 @@ def parse_args(argv=None):
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--guidance_scale", type=float, default=None, help="text guidance (default: the model's)")
     parser.add_argument("--guidance_end", type=float, default=None, help="(default: the model's)")
-    parser.add_argument("--mirrored_negative", action="store_true", help="the mirrored instruction as negative prompt")
+    parser.add_argument("--mirrored_negative", action="store_true", default=None,
+                        help="the mirrored instruction as negative prompt (default: the pipeline config's)")
     parser.add_argument("--output", default=None, help="write the rows as JSON here")
     return parser.parse_args(argv)
 
@@ -47,9 +49,8 @@ def main(argv=None):
             image = world.render_reference_image(world.sample_identity(seed, split))
             audio = world.synthesize_speech(args.seconds, seed, split)
             for name in PROMPTED:
-                negative = world.short_prompt(world.mirrored_instructions([name])) if args.mirrored_negative else None
                 output = pipe(image=image, audio=audio, sample_rate=world.SAMPLE_RATE, prompt=world.short_prompt([name]),
-                              negative_prompt=negative, guidance_scale=args.guidance_scale,
+                              mirrored_negative_prompt=args.mirrored_negative, guidance_scale=args.guidance_scale,
                               guidance_end=args.guidance_end, generator=torch.Generator().manual_seed(0))
                 measured = analyze_video((output.frames[0] * 255).round().astype(np.uint8))
                 row = {"split": split, "identity": index, "prompt": name,

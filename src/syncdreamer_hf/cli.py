@@ -23,17 +23,23 @@ DEFAULT_MODEL = _PACKAGED_MODEL if _PACKAGED_MODEL.is_dir() else _CHECKOUT_MODEL
 MODEL_HELP = f"pipeline folder or Hub repo id (default: ${MODEL_ENV_VAR} when set, else the bundled SyncDreamer-Tiny)"
 DTYPES = ("float32", "bfloat16", "float16")
 # pipeline arguments the commands pass on when given (default: the pipeline's config)
-SAMPLING_OPTIONS = ("num_inference_steps", "guidance_scale", "audio_guidance_scale", "guidance_end")
+SAMPLING_OPTIONS = (
+    "num_inference_steps", "guidance_scale", "audio_guidance_scale", "guidance_end", "mirrored_negative_prompt"
+)
 
 
 def add_sampling_arguments(parser) -> None:
-    """`--num-inference-steps`, `--guidance-scale`, `--audio-guidance-scale`, `--guidance-end` (`SAMPLING_OPTIONS`)."""
+    """`--num-inference-steps`, `--guidance-scale`, `--audio-guidance-scale`, `--guidance-end`,
+    `--[no-]mirrored-negative-prompt` (`SAMPLING_OPTIONS`)."""
     default = " (default: the pipeline's config)"
     parser.add_argument("--num-inference-steps", type=int, default=None, help="denoising steps per window" + default)
     parser.add_argument("--guidance-scale", type=float, default=None, help="text guidance" + default)
     parser.add_argument("--audio-guidance-scale", type=float, default=None, help="audio guidance" + default)
     parser.add_argument("--guidance-end", type=float, default=None,
                         help="fraction of each window's steps, from the noisiest, with text guidance" + default)
+    parser.add_argument("--mirrored-negative-prompt", action=argparse.BooleanOptionalAction, default=None,
+                        help="guide a prompt that names a side away from the same prompt with left and right "
+                        "exchanged" + default)
 
 
 class UserError(Exception):

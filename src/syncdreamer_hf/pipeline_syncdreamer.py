@@ -29,6 +29,7 @@ Audio is encoded and video decoded per window, so the working memory does not gr
 import math
 import os
 import pickle
+import re
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -67,6 +68,19 @@ from .prompt_enhancer import SyncDreamerPromptEnhancer
 logger = logging.get_logger(__name__)
 
 OUTPUT_TYPES = ("np", "pt", "pil", "latent")
+SIDE_WORDS = re.compile(r"\b(left|right)\b", re.IGNORECASE)
+
+
+def mirrored_prompt(prompt: str) -> str:
+    """`prompt` with the words "left" and "right" exchanged, their case kept: the same instruction for the other
+    side ("wave with the Left hand" -> "wave with the Right hand")."""
+
+    def swap(match: re.Match) -> str:
+        word = match.group(0)
+        other = "right" if word.lower() == "left" else "left"
+        return other.upper() if word.isupper() else other.capitalize() if word[0].isupper() else other
+
+    return SIDE_WORDS.sub(swap, prompt)
 # Written by a LoRA run of training_scripts/train_syncdreamer.py: the identity/audio branches, trained in full.
 NEW_BRANCHES_FILE = "transformer_new_branches.safetensors"
 # Wan2.1 at 720p x 81 frames (21 x 45 x 80 tokens), the largest size it was trained on: above it a request warns.
@@ -175,6 +189,7 @@ class SyncDreamerPipeline(ModelCardMixin, DiffusionPipeline, WanLoraLoaderMixin)
             frame (see the module docstring); `False` reproduces pipelines saved before this option.
         motion_latent_noise (`float`, defaults to 0.0): flow-matching sigma of the noise added to the motion
             latents carried into the next window.
+        default_mirrored_negative_prompt (`bool`, defaults to `False`): `mirrored_negative_prompt` when not given.
     """
 
     model_cpu_offload_seq = (
@@ -209,6 +224,7 @@ class SyncDreamerPipeline(ModelCardMixin, DiffusionPipeline, WanLoraLoaderMixin)
         default_max_sequence_length: int = 512,
         reference_sink: bool = False,
         motion_latent_noise: float = 0.0,
+        default_mirrored_negative_prompt: bool = False,
     ):
         super().__init__()
         self.register_modules(
@@ -237,6 +253,7 @@ class SyncDreamerPipeline(ModelCardMixin, DiffusionPipeline, WanLoraLoaderMixin)
             default_max_sequence_length=default_max_sequence_length,
             reference_sink=reference_sink,
             motion_latent_noise=motion_latent_noise,
+            default_mirrored_negative_prompt=default_mirrored_negative_prompt,
         )
         # Without a VAE (e.g. loaded with `vae=None` to encode prompts only) Wan's compression factors apply.
         self.vae_scale_factor_temporal = self.vae.config.scale_factor_temporal if self.vae is not None else 4
@@ -792,6 +809,7 @@ class SyncDreamerPipeline(ModelCardMixin, DiffusionPipeline, WanLoraLoaderMixin)
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
         max_sequence_length: int | None = None,
         enhance_prompt: bool = False,
+        mirrored_negative_prompt: bool | None = None,
     ):
         r"""
         Generates a talking-avatar video driven by `audio`.
@@ -851,6 +869,11 @@ class SyncDreamerPipeline(ModelCardMixin, DiffusionPipeline, WanLoraLoaderMixin)
             max_sequence_length: umT5 tokens per prompt (default: the config's `default_max_sequence_length`).
             enhance_prompt: rewrite each prompt with the `prompt_enhancer` (Qwen2-VL, greedy) into a motion
                 instruction grounded in its reference image; the text used is returned in `output.prompt`.
+            mirrored_negative_prompt: for a prompt that names a side ("left" / "right"), text guidance steers away
+                from the same prompt with the sides exchanged (`mirrored_prompt`) instead of from the empty prompt,
+                so the guidance pushes on what tells the two sides apart; prompts without a side keep the empty
+                negative. Applies when neither `negative_prompt` nor `negative_prompt_embeds` is given, after
+                `enhance_prompt` (default: the config's `default_mirrored_negative_prompt`).
 
         Examples:
         """
@@ -884,6 +907,7 @@ class SyncDreamerPipeline(ModelCardMixin, DiffusionPipeline, WanLoraLoaderMixin)
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
             max_sequence_length=max_sequence_length,
             enhance_prompt=enhance_prompt,
+            mirrored_negative_prompt=mirrored_negative_prompt,
             )
         )
         audio = np.concatenate([window.audio for window in windows])
@@ -931,6 +955,7 @@ class SyncDreamerPipeline(ModelCardMixin, DiffusionPipeline, WanLoraLoaderMixin)
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
         max_sequence_length: int | None = None,
         enhance_prompt: bool = False,
+        mirrored_negative_prompt: bool | None = None,
     ):
         r"""
         Generates the video window by window, as [`SyncDreamerWindowOutput`]s in order: each window's new frames
@@ -987,6 +1012,8 @@ class SyncDreamerPipeline(ModelCardMixin, DiffusionPipeline, WanLoraLoaderMixin)
             image_embeds=image_embeds,
             audio_embeds=audio_embeds,
         )
+        if mirrored_negative_prompt and (negative_prompt is not None or negative_prompt_embeds is not None):
+            raise ValueError("`mirrored_negative_prompt=True` writes the negative prompt; pass no `negative_prompt`.")
         if enhance_prompt:
             if self.prompt_enhancer is None:
                 raise ValueError(
@@ -998,6 +1025,11 @@ class SyncDreamerPipeline(ModelCardMixin, DiffusionPipeline, WanLoraLoaderMixin)
                 raise ValueError("`enhance_prompt=True` rewrites `prompt`; it cannot rewrite `prompt_embeds`.")
             prompts = [prompt] if isinstance(prompt, str) else prompt
             prompt = self.prompt_enhancer.enhance(images * len(prompts) if len(images) == 1 else images, prompts)
+        if mirrored_negative_prompt is None:
+            mirrored_negative_prompt = self.config.default_mirrored_negative_prompt
+        if mirrored_negative_prompt and prompt is not None and negative_prompt is None and negative_prompt_embeds is None:
+            prompts = [prompt] if isinstance(prompt, str) else prompt
+            negative_prompt = [mirrored_prompt(one) if SIDE_WORDS.search(one) else "" for one in prompts]
         waveform = load_audio(audio, sample_rate)
         if num_frames is None:
             num_frames = round(len(waveform) / AUDIO_SAMPLE_RATE * fps)
