@@ -167,3 +167,19 @@ def test_warm_start_adds_a_zero_position_embedding(built, tmp_path):
     assert not after.position_embedding.embedding.any()
     weights = after.state_dict()
     assert all(torch.equal(weights[name], value) for name, value in before.state_dict().items())
+
+
+def test_the_warm_start_prompt_enhancer_folder_is_kept_as_it_is(built, tmp_path):
+    """What the build writes replaces its re-saved `prompt_enhancer/` by the init pipeline's, card and all."""
+    _, argv, _ = built
+    init, output = tmp_path / "init", tmp_path / "output"
+    (init / "prompt_enhancer").mkdir(parents=True)
+    (init / "prompt_enhancer" / "README.md").write_text("the enhancer build's card")
+    (output / "prompt_enhancer").mkdir(parents=True)
+    (output / "prompt_enhancer" / "README.md").write_text("a generic card")
+    (output / "prompt_enhancer" / "extra.json").write_text("{}")
+    build.keep_init_prompt_enhancer(build.parse_args([*argv, "--init_pipeline", str(init)]), output)
+    assert [path.name for path in (output / "prompt_enhancer").iterdir()] == ["README.md"]
+    assert (output / "prompt_enhancer" / "README.md").read_text() == "the enhancer build's card"
+    build.keep_init_prompt_enhancer(build.parse_args(argv), tmp_path / "from_scratch")  # no warm start: nothing to keep
+    assert not (tmp_path / "from_scratch").exists()

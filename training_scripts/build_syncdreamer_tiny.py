@@ -491,6 +491,15 @@ def format_metrics(row: dict) -> str:
 # 5. The shipped folder and its card
 
 
+def keep_init_prompt_enhancer(args, folder: Path) -> None:
+    """The build does not train the prompt enhancer: the warm start's `prompt_enhancer/` goes into `folder` as it is,
+    with its own card (a re-save through `save_pretrained` would write a generic one)."""
+    enhancer = Path(args.init_pipeline) / "prompt_enhancer" if args.init_pipeline else None
+    if enhancer is not None and enhancer.is_dir():
+        shutil.rmtree(folder / "prompt_enhancer", ignore_errors=True)
+        shutil.copytree(enhancer, folder / "prompt_enhancer")
+
+
 def write_output(args, run_dir: Path, output_dir: Path, state: dict) -> None:
     from syncdreamer_hf.model_cards import count_parameters, write_model_card
     from syncdreamer_hf.pipeline_syncdreamer import SyncDreamerPipeline
@@ -500,6 +509,7 @@ def write_output(args, run_dir: Path, output_dir: Path, state: dict) -> None:
     temporary = output_dir.with_name(output_dir.name + ".tmp")
     shutil.rmtree(temporary, ignore_errors=True)
     pipe.save_pretrained(temporary)
+    keep_init_prompt_enhancer(args, temporary)
     trained = ["transformer", "visual_adapter", "audio_dynamics_encoder", *(["text_encoder"] if args.train_text_encoder else [])]
     frozen = [*([] if args.train_text_encoder else ["text_encoder (umT5)"]), "image_encoder (CLIP vision)"]
     probe = state.get("audio_encoder_probe")
