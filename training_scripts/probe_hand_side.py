@@ -5,8 +5,8 @@ For the first `--identities` identities of the train and the held-out split (the
 benchmark draw first), each prompted with "raise the right hand", "raise the left hand", "wave with the right hand"
 and "turn the head to the left" (2 s of the identity's own synthetic speech, seed 0), the generated video is
 measured with `evaluation.synthetic` (highest hand of each side, 1 = raised to head level; the detected motions).
-`--mirrored_negative` uses the mirrored instruction ("raise the left hand") as the negative prompt of text guidance
-(the pipeline's `mirrored_negative_prompt=True`; without it, the pipeline config's default).
+`--mirrored_negative` uses the mirrored instruction ("raise the left hand") as the negative prompt of text guidance,
+`--no-mirrored_negative` the empty prompt (the pipeline's `mirrored_negative_prompt`; neither: the config's default).
 
     OMP_NUM_THREADS=1 python training_scripts/probe_hand_side.py --model pipelines/syncdreamer-tiny
     OMP_NUM_THREADS=1 python training_scripts/probe_hand_side.py --model pipelines/syncdreamer-tiny --guidance_scale 1
@@ -32,7 +32,7 @@ def parse_args(argv=None):
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--guidance_scale", type=float, default=None, help="text guidance (default: the model's)")
     parser.add_argument("--guidance_end", type=float, default=None, help="(default: the model's)")
-    parser.add_argument("--mirrored_negative", action="store_true", default=None,
+    parser.add_argument("--mirrored_negative", action=argparse.BooleanOptionalAction, default=None,
                         help="the mirrored instruction as negative prompt (default: the pipeline config's)")
     parser.add_argument("--output", default=None, help="write the rows as JSON here")
     return parser.parse_args(argv)

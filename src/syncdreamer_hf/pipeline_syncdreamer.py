@@ -68,6 +68,11 @@ from .prompt_enhancer import SyncDreamerPromptEnhancer
 logger = logging.get_logger(__name__)
 
 OUTPUT_TYPES = ("np", "pt", "pil", "latent")
+# Written by a LoRA run of training_scripts/train_syncdreamer.py: the identity/audio branches, trained in full.
+NEW_BRANCHES_FILE = "transformer_new_branches.safetensors"
+# Wan2.1 at 720p x 81 frames (21 x 45 x 80 tokens), the largest size it was trained on: above it a request warns.
+HEAVY_TOKENS_PER_WINDOW = 75_600
+
 SIDE_WORDS = re.compile(r"\b(left|right)\b", re.IGNORECASE)
 
 
@@ -81,10 +86,7 @@ def mirrored_prompt(prompt: str) -> str:
         return other.upper() if word.isupper() else other.capitalize() if word[0].isupper() else other
 
     return SIDE_WORDS.sub(swap, prompt)
-# Written by a LoRA run of training_scripts/train_syncdreamer.py: the identity/audio branches, trained in full.
-NEW_BRANCHES_FILE = "transformer_new_branches.safetensors"
-# Wan2.1 at 720p x 81 frames (21 x 45 x 80 tokens), the largest size it was trained on: above it a request warns.
-HEAVY_TOKENS_PER_WINDOW = 75_600
+
 
 EXAMPLE_DOC_STRING = """
     Examples:
