@@ -183,3 +183,44 @@ def test_the_warm_start_prompt_enhancer_folder_is_kept_as_it_is(built, tmp_path)
     assert (output / "prompt_enhancer" / "README.md").read_text() == "the enhancer build's card"
     build.keep_init_prompt_enhancer(build.parse_args(argv), tmp_path / "from_scratch")  # no warm start: nothing to keep
     assert not (tmp_path / "from_scratch").exists()
+
+
+def test_the_shipped_configs_name_the_output_folder(built):
+    """Every `_name_or_path` of the output names the output folder (not the work folder it was trained in), and no
+    tokenizer config keeps `local_files_only`."""
+    root, _, _ = built
+    output = root / "syncdreamer-tiny"
+    names = {}
+    for path in output.rglob("*.json"):
+        config = json.loads(path.read_text())
+        if isinstance(config, dict):
+            assert "local_files_only" not in config, path
+            if "_name_or_path" in config:
+                names[str(path.relative_to(output))] = config["_name_or_path"]
+    assert names["model_index.json"] == str(output)
+    assert names["transformer/config.json"] == str(output / "transformer")
+    assert all(name.startswith(str(output)) for name in names.values()), names
+
+
+def test_final_benchmark_reruns_only_when_its_command_changes(built, tmp_path, monkeypatch):
+    """A finished build run again with other sampling settings benchmarks its output again (the card must not show
+    figures of other settings); run again unchanged, it does not."""
+    import shutil
+
+    root, argv, _ = built
+    shutil.copytree(root / "work", tmp_path / "work", symlinks=True)
+    commands = []
+
+    def fake_evaluate(command, output, rerun=True):
+        commands.append(build.shown(command))
+        return {"command": build.shown(command), "wall_seconds": 0.0, "lip_sync_r": 0.5}
+
+    monkeypatch.setattr(build, "evaluate", fake_evaluate)
+    argv = [*argv, "--work_dir", str(tmp_path / "work"), "--output", str(tmp_path / "out"), "--final_eval_clips", "1"]
+    build.main(argv)
+    build.main(argv)
+    assert len(commands) == 1 and "--audio-guidance-scale 2.5" in commands[0]
+    state = build.main([*argv, "--audio_guidance_scale", "1.5"])
+    assert len(commands) == 2 and "--audio-guidance-scale 1.5" in commands[1]
+    assert [row["command"] for row in state["evaluations"] if row.get("final")] == commands[1:]
+    assert json.loads((tmp_path / "out" / "model_index.json").read_text())["default_audio_guidance_scale"] == 1.5

@@ -500,12 +500,27 @@ def keep_init_prompt_enhancer(args, folder: Path) -> None:
         shutil.copytree(enhancer, folder / "prompt_enhancer")
 
 
+def name_as_output(pipe, output_dir: Path) -> None:
+    """The shipped configs name the folder they ship in, not the work folder they were loaded from; the tokenizer
+    does not keep the loading flag `local_files_only` as one of its settings."""
+    from diffusers import ConfigMixin
+    from transformers import PreTrainedTokenizerBase
+
+    pipe.register_to_config(_name_or_path=str(output_dir))
+    for name, component in pipe.components.items():
+        if isinstance(component, ConfigMixin):
+            component.register_to_config(_name_or_path=str(output_dir / name))
+        elif isinstance(component, PreTrainedTokenizerBase):
+            component.init_kwargs.pop("local_files_only", None)
+
+
 def write_output(args, run_dir: Path, output_dir: Path, state: dict) -> None:
     from syncdreamer_hf.model_cards import count_parameters, write_model_card
     from syncdreamer_hf.pipeline_syncdreamer import SyncDreamerPipeline
 
     pipe = SyncDreamerPipeline.from_pretrained(run_dir)
     pipe.register_to_config(**sampling_defaults(args))
+    name_as_output(pipe, output_dir)
     temporary = output_dir.with_name(output_dir.name + ".tmp")
     shutil.rmtree(temporary, ignore_errors=True)
     pipe.save_pretrained(temporary)
@@ -736,12 +751,14 @@ def main(argv=None):
 
     # 5. the shipped folder (card first without the final benchmark, then again with it)
     write_output(args, run_dir, output_dir, state)
-    # 6. final benchmark
+    # 6. final benchmark (again when the sampling settings or the output folder changed)
     step = latest_step(run_dir)
-    scored = any(row.get("final") and row["step"] == step for row in state["evaluations"])
+    command = evaluate_command(output_dir, eval_dir / "final.json", args.final_eval_clips, args.eval_seconds,
+                               args.eval_steps, args)
+    scored = any(row.get("final") and row["step"] == step and row.get("command") == shown(command)
+                 for row in state["evaluations"])
     if args.final_eval_clips and not args.skip_final_eval and not scored:
-        result = evaluate(evaluate_command(output_dir, eval_dir / "final.json", args.final_eval_clips,
-                                           args.eval_seconds, args.eval_steps, args), eval_dir / "final.json")
+        result = evaluate(command, eval_dir / "final.json")
         row = {"step": step, "train_minutes": state["wall_seconds"]["train"] / 60, "clips": args.final_eval_clips,
                "final": True, **result}
         state["evaluations"] = [r for r in state["evaluations"] if not r.get("final")] + [row]
